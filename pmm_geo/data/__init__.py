@@ -1,0 +1,29 @@
+r"""Data layer: interactions and item modality features as a PyG
+:class:`~torch_geometric.data.HeteroData`, readers, samplers, adjacency."""
+from .adjacency import (
+    AdjacencyView,
+    BipartiteAdjacency,
+    as_adjacency,
+    get_adjacency,
+)
+from .hetero import (
+    EDGE_TYPE,
+    REV_EDGE_TYPE,
+    DataFormatError,
+    from_arrays,
+    modalities,
+    split_edge_index,
+)
+
+__all__ = [
+    'EDGE_TYPE',
+    'REV_EDGE_TYPE',
+    'DataFormatError',
+    'from_arrays',
+    'modalities',
+    'split_edge_index',
+    'AdjacencyView',
+    'BipartiteAdjacency',
+    'get_adjacency',
+    'as_adjacency',
+]

@@ -1,0 +1,169 @@
+from typing import Dict, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch_geometric import EdgeIndex
+from torch_geometric.typing import WITH_TORCH_SPARSE, Adj, OptTensor, SparseTensor
+from torch_geometric.utils import degree
+
+LAYOUTS = ('edge_index', 'edge_index_fused', 'csr', 'sparse_tensor')
+
+
+class AdjacencyView(NamedTuple):
+    r"""One propagation direction of a bipartite adjacency, ready to unpack
+    into :class:`pmm_geo.nn.BipartiteConv`:
+    :obj:`conv(x_src, *view)` computes :obj:`x_dst`."""
+    adj: Adj
+    edge_weight: OptTensor
+    size: Optional[Tuple[int, int]]
+
+
+class BipartiteAdjacency:
+    r"""The symmetric-normalized user-item adjacency of LightGCN, built once
+    and cached in every layout the propagation layers accept.
+
+    .. math::
+        \hat{\mathbf{A}} = \mathbf{D}_u^{-1/2} \mathbf{R}
+        \mathbf{D}_i^{-1/2}
+
+    where :math:`\mathbf{R} \in \{0, 1\}^{U \times I}` holds the train
+    interactions. Users aggregate items through :math:`\hat{\mathbf{A}}` and
+    items aggregate users through :math:`\hat{\mathbf{A}}^{\top}` (the
+    correct bipartite layout; the original PromptMM student swapped the two
+    blocks).
+
+    Layouts (argument :obj:`layout` of :meth:`item_to_user` /
+    :meth:`user_to_item`):
+
+    - :obj:`"edge_index"`: a plain :obj:`[2, E]` tensor plus edge weights
+      (gather/scatter, the slow but universal fallback);
+    - :obj:`"edge_index_fused"`: a column-sorted
+      :class:`torch_geometric.EdgeIndex` (fused sparse matmul, default);
+    - :obj:`"csr"`: a :obj:`torch.sparse_csr` transposed adjacency;
+    - :obj:`"sparse_tensor"`: a :class:`torch_sparse.SparseTensor`
+      (only when :obj:`torch-sparse` is installed).
+
+    Args:
+        edge_index (torch.Tensor): Train interactions :obj:`[2, E]`, row 0
+            user ids, row 1 item ids, without duplicates.
+        num_users (int): Number of users :math:`U`.
+        num_items (int): Number of items :math:`I`.
+    """
+    def __init__(self, edge_index: Tensor, num_users: int, num_items: int):
+        self.edge_index = edge_index.long().contiguous()
+        self.num_users = int(num_users)
+        self.num_items = int(num_items)
+        self.edge_weight = self._normalize(self.edge_index, self.num_users,
+                                           self.num_items)
+        self._cache: Dict[Tuple[str, str], AdjacencyView] = {}
+
+    @staticmethod
+    def _normalize(edge_index: Tensor, num_users: int,
+                   num_items: int) -> Tensor:
+        user, item = edge_index
+        deg_u = degree(user, num_users)
+        deg_i = degree(item, num_items)
+        # Every endpoint of an edge has degree >= 1: no zero division here.
+        return deg_u[user].rsqrt() * deg_i[item].rsqrt()
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_index.size(1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.edge_index.device
+
+    def to(self, device) -> 'BipartiteAdjacency':
+        r"""Returns the adjacency on :obj:`device` (a new cache)."""
+        if torch.device(device) == self.device:
+            return self
+        return BipartiteAdjacency(self.edge_index.to(device), self.num_users,
+                                  self.num_items)
+
+    def to_dense(self) -> Tensor:
+        r"""Returns the dense :math:`U \times I` matrix (tests only)."""
+        out = torch.zeros(self.num_users, self.num_items,
+                          device=self.device)
+        out[self.edge_index[0], self.edge_index[1]] = self.edge_weight
+        return out
+
+    def item_to_user(self, layout: str = 'edge_index_fused') -> AdjacencyView:
+        r"""The adjacency that maps item features to user outputs."""
+        return self._view('item_to_user', layout)
+
+    def user_to_item(self, layout: str = 'edge_index_fused') -> AdjacencyView:
+        r"""The adjacency that maps user features to item outputs."""
+        return self._view('user_to_item', layout)
+
+    def _view(self, direction: str, layout: str) -> AdjacencyView:
+        if layout not in LAYOUTS:
+            raise ValueError(f"Unknown adjacency layout '{layout}' "
+                             f"(expected one of {LAYOUTS})")
+        key = (direction, layout)
+        if key not in self._cache:
+            self._cache[key] = self._build(direction, layout)
+        return self._cache[key]
+
+    def _build(self, direction: str, layout: str) -> AdjacencyView:
+        user, item = self.edge_index
+        if direction == 'item_to_user':
+            src, dst, size = item, user, (self.num_items, self.num_users)
+        else:
+            src, dst, size = user, item, (self.num_users, self.num_items)
+        weight = self.edge_weight
+
+        if layout == 'edge_index':
+            return AdjacencyView(torch.stack([src, dst]), weight, size)
+
+        if layout == 'edge_index_fused':
+            index = EdgeIndex(torch.stack([src, dst]).contiguous(),
+                              sparse_size=size)
+            index, perm = index.sort_by('col')
+            index.fill_cache_()  # CSC for forward, CSR for backward.
+            return AdjacencyView(index, weight[perm], None)
+
+        # Sparse layouts hold the *transposed* adjacency (rows = targets).
+        if layout == 'csr':
+            adj_t = torch.sparse_coo_tensor(torch.stack([dst, src]), weight,
+                                            (size[1], size[0]))
+            return AdjacencyView(adj_t.coalesce().to_sparse_csr(), None, None)
+
+        if not WITH_TORCH_SPARSE:
+            raise ImportError("The 'sparse_tensor' layout needs torch-sparse "
+                              "(pip install 'pmm_geo[sparse]')")
+        adj_t = SparseTensor(row=dst, col=src, value=weight,
+                             sparse_sizes=(size[1], size[0]))
+        return AdjacencyView(adj_t, None, None)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(num_users={self.num_users}, '
+                f'num_items={self.num_items}, num_edges={self.num_edges})')
+
+
+def get_adjacency(data) -> BipartiteAdjacency:
+    r"""Returns the :class:`BipartiteAdjacency` of a pmm_geo
+    :class:`~torch_geometric.data.HeteroData`, built on first use and cached
+    on the data object (message passing sees train edges only)."""
+    store = data['user', 'interacts', 'item']
+    cached = store.__dict__.get('_pmm_adjacency')
+    edge_index = store.edge_index
+    if cached is None or cached.edge_index.data_ptr() != edge_index.data_ptr():
+        cached = BipartiteAdjacency(edge_index, data['user'].num_nodes,
+                                    data['item'].num_nodes)
+        store.__dict__['_pmm_adjacency'] = cached
+    return cached
+
+
+def as_adjacency(graph) -> BipartiteAdjacency:
+    r"""Accepts a :class:`BipartiteAdjacency` or a pmm_geo
+    :class:`~torch_geometric.data.HeteroData` and returns the (cached)
+    :class:`BipartiteAdjacency`."""
+    if isinstance(graph, BipartiteAdjacency):
+        return graph
+    if hasattr(graph, 'edge_types') and ('user', 'interacts',
+                                         'item') in graph.edge_types:
+        return get_adjacency(graph)
+    raise TypeError(f"Expected a BipartiteAdjacency or a HeteroData with a "
+                    f"('user', 'interacts', 'item') edge type, got "
+                    f"'{type(graph).__name__}'")

@@ -1,0 +1,3 @@
+from .bipartite_conv import BipartiteConv
+
+__all__ = ['BipartiteConv']
