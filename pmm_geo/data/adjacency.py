@@ -126,7 +126,8 @@ class BipartiteAdjacency:
         # Sparse layouts hold the *transposed* adjacency (rows = targets).
         if layout == 'csr':
             adj_t = torch.sparse_coo_tensor(torch.stack([dst, src]), weight,
-                                            (size[1], size[0]))
+                                            (size[1], size[0]),
+                                            check_invariants=False)
             return AdjacencyView(adj_t.coalesce().to_sparse_csr(), None, None)
 
         if not WITH_TORCH_SPARSE:

@@ -1,0 +1,339 @@
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch.nn import Embedding, Module
+
+from pmm_geo.data.adjacency import LAYOUTS, BipartiteAdjacency, as_adjacency
+from pmm_geo.nn.conv import BipartiteConv
+
+NodeId = Union[Tensor, Tuple[Tensor, Tensor]]
+
+
+class LightGCNStudent(Module):
+    r"""The LightGCN student of `"PromptMM: Multi-Modal Knowledge
+    Distillation for Recommendation with Prompt-Tuning"
+    <https://arxiv.org/abs/2402.17188>`_ (WWW 2024), i.e. the
+    `"LightGCN: Simplifying and Powering Graph Convolution Network for
+    Recommendation" <https://arxiv.org/abs/2002.02126>`_ model on the
+    bipartite user-item graph.
+
+    The student owns nothing but its user and item id embeddings (no item
+    features, no projector, no teacher), so it is all that is needed at
+    serving time. Users aggregate items and items aggregate users, both from
+    the previous layer, through the cached symmetric-normalized adjacency
+    :math:`\hat{\mathbf{A}} = \mathbf{D}_u^{-1/2} \mathbf{R}
+    \mathbf{D}_i^{-1/2}` of :class:`pmm_geo.data.BipartiteAdjacency`:
+
+    .. math::
+        \mathbf{E}_u^{(l+1)} = \hat{\mathbf{A}} \mathbf{E}_i^{(l)}, \qquad
+        \mathbf{E}_i^{(l+1)} = \hat{\mathbf{A}}^{\top} \mathbf{E}_u^{(l)},
+        \qquad \mathbf{e} = \sum_{l=0}^{L} \alpha_l \mathbf{e}^{(l)}
+
+    and a user-item pair is scored by the dot product
+    :math:`\hat{y}_{u,i} = \mathbf{e}_u^{\top} \mathbf{e}_i`.
+
+    The API mirrors :class:`torch_geometric.nn.models.LightGCN`
+    (:meth:`get_embedding`, :meth:`forward`, :meth:`recommend`,
+    :meth:`recommendation_loss`), except that it takes the graph (a pmm_geo
+    :class:`~torch_geometric.data.HeteroData` or a
+    :class:`~pmm_geo.data.BipartiteAdjacency`) instead of a homogeneous
+    :obj:`edge_index`, and node ids are per type (users :obj:`0..U-1`,
+    items :obj:`0..I-1`).
+
+    Embeddings are initialized from :math:`\mathcal{N}(0, 0.1^2)` as in the
+    reference LightGCN implementation (PyG's :class:`LightGCN` uses Xavier,
+    which users reported to train worse, pyg-team/pytorch_geometric#4182).
+
+    .. code-block:: python
+
+        data = pmm_geo.data.synthetic(...)  # or read_promptmm(root)
+        student = LightGCNStudent(data['user'].num_nodes,
+                                  data['item'].num_nodes, 64)
+        pos, neg = student(data, torch.cat([pos_pairs, neg_pairs], 1)).chunk(2)
+        loss = student.recommendation_loss(pos, neg, node_id=(users, items))
+        top = student.recommend(data, k=20)  # unseen items per user
+
+    Args:
+        num_users (int): Number of users.
+        num_items (int): Number of items.
+        embedding_dim (int, optional): Width :math:`d_s` of the embeddings,
+            independent of the teacher's width. (default: :obj:`64`)
+        num_layers (int, optional): Number of propagation layers :math:`L`.
+            (default: :obj:`3`)
+        alpha (float or torch.Tensor, optional): Layer weights
+            :math:`\alpha_l`: a scalar for all layers or a tensor of size
+            :obj:`num_layers + 1`. (default: :obj:`1 / (num_layers + 1)`)
+        layout (str, optional): Adjacency layout used for propagation
+            (:obj:`"edge_index"`, :obj:`"edge_index_fused"`, :obj:`"csr"` or
+            :obj:`"sparse_tensor"`); all give the same result, the fused
+            ones much faster. (default: :obj:`"edge_index_fused"`)
+    """
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        embedding_dim: int = 64,
+        num_layers: int = 3,
+        alpha: Optional[Union[float, Tensor]] = None,
+        layout: str = 'edge_index_fused',
+    ):
+        super().__init__()
+        for name, value in (('num_users', num_users),
+                            ('num_items', num_items),
+                            ('embedding_dim', embedding_dim)):
+            if int(value) < 1:
+                raise ValueError(f"'{name}' must be positive (got {value})")
+        if int(num_layers) < 0:
+            raise ValueError(f"'num_layers' must be non-negative "
+                             f"(got {num_layers})")
+        if layout not in LAYOUTS:
+            raise ValueError(f"Unknown 'layout' {layout!r} (expected one of "
+                             f"{LAYOUTS})")
+        self.num_users = int(num_users)
+        self.num_items = int(num_items)
+        self.embedding_dim = int(embedding_dim)
+        self.num_layers = int(num_layers)
+        self.layout = layout
+
+        if alpha is None:
+            alpha = 1. / (self.num_layers + 1)
+        if isinstance(alpha, Tensor):
+            if alpha.numel() != self.num_layers + 1:
+                raise ValueError(f"'alpha' must have num_layers + 1 = "
+                                 f"{self.num_layers + 1} entries (got "
+                                 f"{alpha.numel()})")
+            alpha = alpha.detach().clone().float().view(-1)
+        else:
+            alpha = torch.full((self.num_layers + 1, ), float(alpha))
+        self.register_buffer('alpha', alpha)
+
+        self.user_embedding = Embedding(self.num_users, self.embedding_dim)
+        self.item_embedding = Embedding(self.num_items, self.embedding_dim)
+        # One parameter-free conv serves every layer and both directions.
+        self.conv = BipartiteConv()
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        r"""Resets all learnable parameters of the module."""
+        torch.nn.init.normal_(self.user_embedding.weight, std=0.1)
+        torch.nn.init.normal_(self.item_embedding.weight, std=0.1)
+        self.conv.reset_parameters()
+
+    def _adjacency(self, graph) -> BipartiteAdjacency:
+        adj = as_adjacency(graph)
+        if (adj.num_users, adj.num_items) != (self.num_users,
+                                              self.num_items):
+            raise ValueError(f'The graph has {adj.num_users} users and '
+                             f'{adj.num_items} items, but the model was '
+                             f'built for {self.num_users} users and '
+                             f'{self.num_items} items')
+        device = self.user_embedding.weight.device
+        if adj.device != device:
+            # Rebuilding the cached layouts on every call would be silently
+            # slow: ask for the graph on the model's device instead.
+            raise ValueError(f'The graph is on {adj.device} but the model is '
+                             f'on {device}; move the data (or call '
+                             f'adjacency.to(device)) once beforehand')
+        return adj
+
+    def get_embedding(self, graph) -> Tuple[Tensor, Tensor]:
+        r"""Returns the propagated user and item embeddings
+        :obj:`(user [U, d_s], item [I, d_s])`.
+
+        Args:
+            graph (HeteroData or BipartiteAdjacency): The train graph.
+        """
+        adj = self._adjacency(graph)
+        item_to_user = adj.item_to_user(self.layout)
+        user_to_item = adj.user_to_item(self.layout)
+
+        x_user = self.user_embedding.weight
+        x_item = self.item_embedding.weight
+        out_user = x_user * self.alpha[0]
+        out_item = x_item * self.alpha[0]
+        for layer in range(self.num_layers):
+            # Both directions read the previous layer (simultaneous update).
+            x_user, x_item = (self.conv(x_item, *item_to_user),
+                              self.conv(x_user, *user_to_item))
+            out_user = out_user + x_user * self.alpha[layer + 1]
+            out_item = out_item + x_item * self.alpha[layer + 1]
+        return out_user, out_item
+
+    def forward(self, graph, edge_label_index: Optional[Tensor] = None
+                ) -> Tensor:
+        r"""Returns the dot-product scores of the user-item pairs in
+        :obj:`edge_label_index`.
+
+        Args:
+            graph (HeteroData or BipartiteAdjacency): The train graph.
+            edge_label_index (torch.Tensor, optional): Pairs :obj:`[2, B]`,
+                row 0 user ids, row 1 item ids. (default: the train edges)
+        """
+        if edge_label_index is None:
+            edge_label_index = as_adjacency(graph).edge_index
+        self._check_pairs(edge_label_index, 'edge_label_index')
+        user, item = self.get_embedding(graph)
+        return (user[edge_label_index[0]] * item[edge_label_index[1]]).sum(-1)
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        graph,
+        k: int = 20,
+        user_index: Optional[Tensor] = None,
+        exclude_links: Optional[Union[Tensor, bool]] = None,
+        batch_size: int = 4096,
+    ) -> Tensor:
+        r"""Returns the top-:obj:`k` item ids :obj:`[B, k]` per user, best
+        first, by full ranking over all items, chunked over users so that at
+        most :obj:`batch_size x num_items` scores exist at once.
+
+        An excluded item is never returned; if a user has fewer than
+        :obj:`k` items left, the rest of the row is padded with :obj:`-1`
+        (as :class:`torch_geometric.nn.pool.MIPSKNNIndex` does).
+
+        Args:
+            graph (HeteroData or BipartiteAdjacency): The train graph.
+            k (int, optional): Number of items per user, in
+                :obj:`1..num_items`. (default: :obj:`20`)
+            user_index (torch.Tensor, optional): User ids to recommend for.
+                (default: all users)
+            exclude_links (torch.Tensor or bool, optional): Pairs
+                :obj:`[2, E]` (user id, item id) never to recommend. By
+                default (:obj:`None`) the graph's train edges, i.e. items
+                the user has already seen; :obj:`False` excludes nothing.
+                To also hide validation items, pass
+                :obj:`torch.cat([train_edges, val_edges], 1)`.
+            batch_size (int, optional): Users scored at once.
+                (default: :obj:`4096`)
+        """
+        if not 1 <= int(k) <= self.num_items:
+            raise ValueError(f"'k' must be in 1..num_items={self.num_items} "
+                             f"(got {k})")
+        if int(batch_size) < 1:
+            raise ValueError(f"'batch_size' must be positive "
+                             f"(got {batch_size})")
+        k = int(k)
+        user_emb, item_emb = self.get_embedding(graph)
+        device = user_emb.device
+        if user_index is None:
+            user_index = torch.arange(self.num_users, device=device)
+        user_index = user_index.view(-1).long().to(device)
+        self._check_ids(user_index, self.num_users, 'user_index')
+
+        if exclude_links is None or exclude_links is True:
+            exclude_links = as_adjacency(graph).edge_index
+        rowptr = items = None
+        if exclude_links is not False:
+            self._check_pairs(exclude_links, 'exclude_links')
+            rowptr, items = self._by_user(exclude_links.to(device))
+
+        out = []
+        for start in range(0, user_index.numel(), int(batch_size)):
+            users = user_index[start:start + int(batch_size)]
+            scores = user_emb[users] @ item_emb.t()
+            if rowptr is not None:
+                row, col = self._chunk_links(users, rowptr, items)
+                scores[row, col] = float('-inf')
+            top_score, top_item = scores.topk(k, dim=-1)
+            top_item[top_score == float('-inf')] = -1
+            out.append(top_item)
+        if not out:
+            return torch.empty(0, k, dtype=torch.long, device=device)
+        return torch.cat(out, dim=0)
+
+    def _by_user(self, links: Tensor) -> Tuple[Tensor, Tensor]:
+        # CSR of the excluded pairs, so each chunk gathers its rows without
+        # scanning all pairs.
+        user, item = links.long()
+        perm = torch.argsort(user, stable=True)
+        count = torch.bincount(user, minlength=self.num_users)
+        rowptr = torch.zeros(self.num_users + 1, dtype=torch.long,
+                             device=links.device)
+        rowptr[1:] = count.cumsum(0)
+        return rowptr, item[perm]
+
+    @staticmethod
+    def _chunk_links(users: Tensor, rowptr: Tensor,
+                     items: Tensor) -> Tuple[Tensor, Tensor]:
+        start, count = rowptr[users], rowptr[users + 1] - rowptr[users]
+        row = torch.repeat_interleave(torch.arange(users.numel(),
+                                                   device=users.device), count)
+        first = torch.repeat_interleave(count.cumsum(0) - count, count)
+        offset = torch.arange(row.numel(), device=users.device) - first
+        return row, items[start[row] + offset]
+
+    def recommendation_loss(
+        self,
+        pos_edge_rank: Tensor,
+        neg_edge_rank: Tensor,
+        node_id: Optional[NodeId] = None,
+        lambda_reg: float = 1e-4,
+    ) -> Tensor:
+        r"""The Bayesian Personalized Ranking loss of
+        :class:`pmm_geo.nn.BPRLoss`, with L2 regularization of the layer-0
+        embeddings of the nodes in the batch (as
+        :meth:`torch_geometric.nn.models.LightGCN.recommendation_loss`).
+
+        Args:
+            pos_edge_rank (torch.Tensor): Scores of positive pairs
+                :obj:`[B]`.
+            neg_edge_rank (torch.Tensor): Scores of negative pairs
+                :obj:`[B]`.
+            node_id (torch.Tensor or (torch.Tensor, torch.Tensor), optional):
+                Nodes whose embeddings are regularized: a tuple
+                :obj:`(user_ids, item_ids)`, or one tensor of homogeneous ids
+                as in PyG (users :obj:`0..U-1`, items :obj:`U..U+I-1`).
+                (default: :obj:`None`, no regularization)
+            lambda_reg (float, optional): Weight of the L2 term.
+                (default: :obj:`1e-4`)
+        """
+        from pmm_geo.nn.losses.bpr import BPRLoss
+
+        params = None
+        if node_id is not None:
+            user_id, item_id = self._split_node_id(node_id)
+            params = [self.user_embedding.weight[user_id],
+                      self.item_embedding.weight[item_id]]
+        return BPRLoss(lambda_reg=lambda_reg)(pos_edge_rank, neg_edge_rank,
+                                              params)
+
+    def _split_node_id(self, node_id: NodeId) -> Tuple[Tensor, Tensor]:
+        if isinstance(node_id, (tuple, list)):
+            user_id, item_id = node_id
+            self._check_ids(user_id, self.num_users, 'node_id[0]')
+            self._check_ids(item_id, self.num_items, 'node_id[1]')
+            return user_id.long(), item_id.long()
+        node_id = node_id.view(-1).long()
+        self._check_ids(node_id, self.num_users + self.num_items, 'node_id')
+        is_user = node_id < self.num_users
+        return node_id[is_user], node_id[~is_user] - self.num_users
+
+    def _check_pairs(self, pairs: Tensor, name: str):
+        if not isinstance(pairs, Tensor) or pairs.dim() != 2 \
+                or pairs.size(0) != 2:
+            shape = list(pairs.shape) if isinstance(pairs, Tensor) else \
+                type(pairs).__name__
+            raise ValueError(f"'{name}' must be a [2, E] tensor of (user, "
+                             f"item) ids (got {shape})")
+        self._check_ids(pairs[0], self.num_users, f'{name}[0] (user)')
+        self._check_ids(pairs[1], self.num_items, f'{name}[1] (item)')
+
+    @staticmethod
+    def _check_ids(ids: Tensor, num: int, name: str):
+        if ids.numel() == 0:
+            return
+        if ids.is_floating_point():
+            raise ValueError(f"'{name}' must hold integer ids (got "
+                             f"{ids.dtype})")
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= num:
+            bad = low if low < 0 else high
+            raise ValueError(f"'{name}' holds id {bad}, out of range "
+                             f"0..{num - 1}")
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({self.num_users}, '
+                f'{self.num_items}, {self.embedding_dim}, '
+                f'num_layers={self.num_layers})')
