@@ -6,6 +6,7 @@ from .adjacency import (
     as_adjacency,
     get_adjacency,
 )
+from .sampler import NegativeSampler
 from .hetero import (
     EDGE_TYPE,
     REV_EDGE_TYPE,
@@ -26,4 +27,5 @@ __all__ = [
     'BipartiteAdjacency',
     'get_adjacency',
     'as_adjacency',
+    'NegativeSampler',
 ]
