@@ -1,7 +1,5 @@
 r"""Models, propagation layers and distillation losses."""
 from .conv import BipartiteConv
-from .losses import (BPRLoss, EmbeddingKDLoss, ListwiseKDLoss,
-                     PairwiseKDLoss)
 from .models import LightGCNStudent
 from .models import LATTICE
 from .losses import (BPRLoss, EmbeddingKDLoss, ListwiseKDLoss,
@@ -9,10 +7,6 @@ from .losses import (BPRLoss, EmbeddingKDLoss, ListwiseKDLoss,
 
 __all__ = [
     'BipartiteConv',
-    'BPRLoss',
-    'PairwiseKDLoss',
-    'ListwiseKDLoss',
-    'EmbeddingKDLoss',
     'LightGCNStudent',
     'LATTICE',
     'BPRLoss',
