@@ -1,0 +1,277 @@
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Mapping, Tuple
+
+MODELS = ('promptmm', 'lightgcn', 'lattice')
+
+
+class ConfigError(ValueError):
+    r"""Raised for an invalid training configuration; the message names the
+    source (file or argument), the key and the offending value."""
+
+
+@dataclass
+class TrainConfig:
+    r"""Every hyperparameter of a training run, in one place.
+
+    A run records the configuration it used as :obj:`config.json` in its run
+    directory; :meth:`from_json` reads such a file back (unknown keys are an
+    error, so a typo never passes silently). The defaults hold across
+    datasets: they were chosen on validation metrics, never on a test set.
+
+    Three models share the engine: :obj:`"promptmm"` (stage 1 trains the
+    multimodal teacher and its prompt, stage 2 distills it into a
+    LightGCN student while the prompt keeps learning from the student's
+    loss), :obj:`"lightgcn"` (the student architecture trained alone with
+    BPR, the no-distillation baseline) and :obj:`"lattice"`.
+
+    Args:
+        model (str): :obj:`"promptmm"`, :obj:`"lightgcn"` or
+            :obj:`"lattice"`. (default: :obj:`"promptmm"`)
+        seed (int): Seed of model initialization, dropout and sampling.
+            (default: :obj:`0`)
+        epochs (int): Maximum number of epochs per stage; one epoch covers
+            every train interaction once. (default: :obj:`500`)
+        batch_size (int): Train interactions per step. (default: :obj:`2048`)
+        lr (float): Adam learning rate of the teacher (stage 1) and of the
+            :obj:`lightgcn` / :obj:`lattice` baselines. (default: :obj:`1e-3`)
+        weight_decay (float): Adam weight decay (all stages).
+            (default: :obj:`0.0`)
+        reg_weight (float): L2 penalty on the batch's input (layer-0)
+            embeddings, :math:`\lambda \|\mathbf{E}_{batch}\|^2 / B`, added
+            to every BPR loss. (default: :obj:`1e-4`)
+        embedding_dim (int): Width :math:`d` of the teacher and of the
+            baselines. (default: :obj:`64`)
+        num_layers (int): Propagation layers of the teacher and of the
+            :obj:`lightgcn` baseline. (default: :obj:`3`)
+        student_dim (int): Width :math:`d_s` of the distilled student (may
+            be smaller than :obj:`embedding_dim`: that is the compression).
+            (default: :obj:`64`)
+        student_layers (int): Propagation layers of the student.
+            (default: :obj:`3`)
+        student_lr (float): Adam learning rate of the student in stage 2.
+            (default: :obj:`1e-3`)
+        eval_every (int): Evaluate on the validation split every this many
+            epochs. (default: :obj:`1`)
+        patience (int): Stop a stage after this many evaluations without an
+            improvement of validation Recall@20. (default: :obj:`20`)
+        ks (tuple of int): Cut-offs of the reported metrics (20 is
+            required: it selects the model). (default: :obj:`(10, 20, 50)`)
+        layout (str): Adjacency layout of the propagation layers (see
+            :class:`pmm_geo.data.BipartiteAdjacency`).
+            (default: :obj:`"edge_index_fused"`)
+        kd_pair_weight (float): :math:`\lambda_{pair}`, weight of
+            :class:`~pmm_geo.nn.PairwiseKDLoss`. (default: :obj:`1.0`)
+        kd_list_weight (float): :math:`\lambda_{list}`, weight of the sum
+            over modalities of :class:`~pmm_geo.nn.ListwiseKDLoss`.
+            (default: :obj:`1.0`)
+        kd_emb_weight (float): :math:`\lambda_{emb}`, weight of the sum over
+            modalities of :class:`~pmm_geo.nn.EmbeddingKDLoss`.
+            (default: :obj:`0.1`)
+        pair_tau (float): Temperature of the pairwise KD. (default: :obj:`1.0`)
+        list_tau (float): Temperature of the listwise KD. (default: :obj:`1.0`)
+        list_alpha (float): Weight of the target (positive vs rest) part of
+            the listwise KD. (default: :obj:`1.0`)
+        list_beta (float): Weight of the non-target (among negatives) part
+            of the listwise KD. (default: :obj:`1.0`)
+        list_reweight (bool): Weigh the non-target part by the teacher's
+            non-target mass (the paper's modality-aware re-weighting).
+            (default: :obj:`True`)
+        num_list_negatives (int): Sampled true negatives per candidate list
+            of the listwise KD. (default: :obj:`10`)
+        emb_alpha (float): Exponent :math:`\alpha \geq 1` of the scaled
+            cosine error of the embedding KD. (default: :obj:`2.0`)
+        prompt_tuning (bool): Keep training the prompt in stage 2 from the
+            student's loss, through the frozen teacher (the paper). With
+            :obj:`False` the prompt is frozen too and the teacher's outputs
+            are computed once. (default: :obj:`True`)
+        prompt_lr (float): Adam learning rate of the prompt in stage 2.
+            (default: :obj:`1e-4`)
+        teacher_dropout (float): Feature dropout of the teacher's
+            projectors (stage 1 only: stage 2 runs the teacher in eval mode).
+            (default: :obj:`0.2`)
+        teacher_beta (float): :math:`\beta`, weight of the prompt-conditioned
+            feature term in the projectors. (default: :obj:`0.1`)
+        teacher_gamma (float): :math:`\gamma`, weight of the soft prompt
+            added to the id embeddings. (default: :obj:`0.01`)
+        teacher_lambda (float): :math:`\lambda`, weight of the modality
+            embeddings in the fused teacher embedding. (default: :obj:`0.5`)
+        teacher_modality_weight (float): Weight of the per-modality BPR
+            terms of the stage-1 teacher loss. (default: :obj:`0.5`)
+        lattice_layers (int): LightGCN layers of LATTICE's user-item
+            backbone (LATTICE's default). (default: :obj:`2`)
+        lattice_knn_k (int): Neighbours per item of LATTICE's kNN item
+            graphs. (default: :obj:`10`)
+        lattice_lambda (float): LATTICE's weight of the frozen raw-feature
+            graph against the learned one. (default: :obj:`0.9`)
+        lattice_item_layers (int): LATTICE's item-item graph convolutions.
+            (default: :obj:`1`)
+        checkpoint_every (int): Write the resumable checkpoint every this
+            many epochs (and always at the end of a stage).
+            (default: :obj:`1`)
+    """
+    model: str = 'promptmm'
+    seed: int = 0
+    epochs: int = 500
+    batch_size: int = 2048
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    reg_weight: float = 1e-4
+    embedding_dim: int = 64
+    num_layers: int = 3
+    student_dim: int = 64
+    student_layers: int = 3
+    student_lr: float = 1e-3
+    eval_every: int = 1
+    patience: int = 20
+    ks: Tuple[int, ...] = (10, 20, 50)
+    layout: str = 'edge_index_fused'
+    kd_pair_weight: float = 1.0
+    kd_list_weight: float = 1.0
+    kd_emb_weight: float = 0.1
+    pair_tau: float = 1.0
+    list_tau: float = 1.0
+    list_alpha: float = 1.0
+    list_beta: float = 1.0
+    list_reweight: bool = True
+    num_list_negatives: int = 10
+    emb_alpha: float = 2.0
+    prompt_tuning: bool = True
+    prompt_lr: float = 1e-4
+    teacher_dropout: float = 0.2
+    teacher_beta: float = 0.1
+    teacher_gamma: float = 0.01
+    teacher_lambda: float = 0.5
+    teacher_modality_weight: float = 0.5
+    lattice_layers: int = 2
+    lattice_knn_k: int = 10
+    lattice_lambda: float = 0.9
+    lattice_item_layers: int = 1
+    checkpoint_every: int = 1
+
+    def __post_init__(self):
+        self.validate()
+
+    # Construction -----------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any],
+                  source: str = '<dict>') -> 'TrainConfig':
+        r"""Builds a config from a mapping; unknown keys and values of the
+        wrong type raise :class:`ConfigError` naming :obj:`source` and the
+        key."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f'{source}: expected a JSON object of config '
+                              f'keys, got {type(values).__name__}')
+        known = {f.name: f for f in fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ''
+                raise ConfigError(f"{source}: unknown config key '{key}'"
+                                  f'{hint}')
+            kwargs[key] = _coerce(known[key], value, source)
+        try:
+            return cls(**kwargs)
+        except ConfigError as error:
+            raise ConfigError(f'{source}: {error}') from None
+
+    @classmethod
+    def from_json(cls, path: str) -> 'TrainConfig':
+        r"""Reads a config written by :meth:`to_json` (or by hand: any
+        subset of the keys; the rest keep their defaults)."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise ConfigError(f'config file not found: {path}')
+        try:
+            with open(path, encoding='utf-8') as f:
+                values = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f'{path}: not valid JSON ({error})') from None
+        return cls.from_dict(values, source=path)
+
+    def replace(self, **changes) -> 'TrainConfig':
+        r"""Returns a copy with :obj:`changes` applied (validated)."""
+        return self.from_dict({**self.to_dict(), **changes},
+                              source='<arguments>')
+
+    # Export -----------------------------------------------------------------
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out['ks'] = list(self.ks)
+        return out
+
+    def to_json(self, path: str) -> None:
+        r"""Writes the config as JSON (atomically)."""
+        from .checkpoint import atomic_write_text
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + '\n')
+
+    # Checks -----------------------------------------------------------------
+
+    def validate(self) -> None:
+        if self.model not in MODELS:
+            raise ConfigError(f"'model': unknown model '{self.model}' "
+                              f'(expected one of {MODELS})')
+        for key in ('epochs', 'batch_size', 'embedding_dim', 'num_layers',
+                    'student_dim', 'student_layers', 'eval_every',
+                    'patience', 'num_list_negatives', 'lattice_layers',
+                    'lattice_knn_k', 'lattice_item_layers',
+                    'checkpoint_every'):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"'{key}' must be >= 1, got "
+                                  f'{getattr(self, key)}')
+        for key in ('lr', 'student_lr', 'prompt_lr', 'pair_tau', 'list_tau'):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"'{key}' must be > 0, got "
+                                  f'{getattr(self, key)}')
+        for key in ('weight_decay', 'reg_weight', 'kd_pair_weight',
+                    'kd_list_weight', 'kd_emb_weight', 'list_alpha',
+                    'list_beta', 'teacher_beta', 'teacher_gamma',
+                    'teacher_lambda', 'teacher_modality_weight'):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"'{key}' must be >= 0, got "
+                                  f'{getattr(self, key)}')
+        if not 0 <= self.teacher_dropout < 1:
+            raise ConfigError(f"'teacher_dropout' must be in [0, 1), got "
+                              f'{self.teacher_dropout}')
+        if not 0 <= self.lattice_lambda <= 1:
+            raise ConfigError(f"'lattice_lambda' must be in [0, 1], got "
+                              f'{self.lattice_lambda}')
+        if self.emb_alpha < 1:
+            raise ConfigError(f"'emb_alpha' must be >= 1, got "
+                              f'{self.emb_alpha}')
+        self.ks = tuple(int(k) for k in self.ks)
+        if 20 not in self.ks or min(self.ks) < 1:
+            raise ConfigError(f"'ks' must hold positive cut-offs including "
+                              f'20 (it selects the model), got '
+                              f'{list(self.ks)}')
+
+
+def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
+    r"""Checks a JSON value against the field's type (an int is accepted for
+    a float; nothing else is converted)."""
+    name = spec.name
+    if name == 'ks':
+        if (not isinstance(value, (list, tuple)) or not value or not all(
+                isinstance(k, int) and not isinstance(k, bool)
+                for k in value)):
+            raise ConfigError(f"{source}: 'ks' must be a list of integers, "
+                              f'got {value!r}')
+        return tuple(value)
+    kind = spec.type
+    if kind is float and isinstance(value, int) and not isinstance(
+            value, bool):
+        value = float(value)
+    # bool is a subclass of int: an int field must not accept true/false.
+    if type(value) is not kind:
+        raise ConfigError(f"{source}: '{name}' must be {kind.__name__}, got "
+                          f'{value!r}')
+    return value
+
+
+__all__ = ['TrainConfig', 'ConfigError', 'MODELS']

@@ -1,0 +1,420 @@
+r"""The training engine: PromptMM's two stages and the baselines, with
+validation-only model selection, resumable checkpoints and progress
+reporting."""
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch.nn import Module
+
+from pmm_geo.data import (
+    EDGE_TYPE,
+    NegativeSampler,
+    get_adjacency,
+    modalities,
+)
+from pmm_geo.evaluation import evaluate
+
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    check_fingerprint,
+    data_fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .config import ConfigError, TrainConfig
+from .progress import ProgressLogger, plot_curves
+from .run import RunDir
+from .stages import STAGES, Stage, StageContext
+
+#: The metric that selects the epoch (on the validation split only).
+SELECT_METRIC = 'recall@20'
+
+
+class TrainingInterrupted(RuntimeError):
+    r"""Raised by :meth:`Trainer.fit` when :obj:`interrupt_after` epochs were
+    run (a simulated kill, for tests of :obj:`resume`)."""
+
+
+def _seed(seed: int, stage_index: int) -> int:
+    # Each stage starts from its own seed, so a resumed run and an
+    # uninterrupted one build identical modules whatever ran before.
+    return int(seed) * 1009 + stage_index
+
+
+def _snapshot(modules: Dict[str, Module]) -> Dict[str, Dict[str, Any]]:
+    return {name: {k: v.detach().clone() for k, v in
+                   module.state_dict().items()}
+            for name, module in modules.items()}
+
+
+def _load(modules: Dict[str, Module], states: Dict[str, Dict[str, Any]],
+          source: str) -> None:
+    for name, module in modules.items():
+        if name not in states:
+            raise CheckpointError(f"{source} has no state for '{name}'")
+        try:
+            module.load_state_dict(states[name])
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0]
+            raise CheckpointError(f"{source}: the saved '{name}' does not "
+                                  f'fit this model ({first})') from None
+
+
+def _rng_state(generator: torch.Generator) -> Dict[str, Any]:
+    state = {'torch': torch.get_rng_state(), 'sampler': generator.get_state()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any],
+                   generator: torch.Generator) -> None:
+    torch.set_rng_state(state['torch'])
+    generator.set_state(state['sampler'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+class Trainer:
+    r"""Trains :obj:`config.model` on a pmm_geo
+    :class:`~torch_geometric.data.HeteroData`.
+
+    - :obj:`"promptmm"`: stage 1 trains the
+      :class:`~pmm_geo.nn.MultimodalTeacher` and its prompt; stage 2 freezes
+      the teacher (eval mode, no gradient to its weights) and trains a fresh
+      :class:`~pmm_geo.nn.LightGCNStudent` on BPR plus the pairwise,
+      listwise and embedding distillation losses, while the prompt keeps
+      learning from the student's loss (see
+      :class:`~pmm_geo.train.stages.DistillStage`).
+    - :obj:`"lightgcn"`: the student's architecture trained alone with BPR.
+    - :obj:`"lattice"`: the :class:`~pmm_geo.nn.LATTICE` baseline.
+
+    Every stage evaluates on the **validation** split every
+    :obj:`eval_every` epochs, keeps the state with the best validation
+    Recall@20, stops after :obj:`patience` evaluations without improvement
+    (or :obj:`epochs`), restores the best state and evaluates the **test**
+    split once, with :func:`pmm_geo.evaluate`.
+
+    With a :obj:`run_dir`, the run writes :obj:`config.json`,
+    :obj:`metrics.json`, :obj:`log.jsonl`, a resumable
+    :obj:`train_state.pt` (every :obj:`checkpoint_every` epochs, atomically),
+    one checkpoint per trained model and :obj:`curves.png` (see
+    :class:`~pmm_geo.train.RunDir`). :obj:`fit(resume=True)` continues an
+    interrupted run from its last state (modules, optimizer, early-stopping
+    state, RNG states) and reaches the same result as an uninterrupted run.
+
+    Args:
+        data (torch_geometric.data.HeteroData): The dataset (train edges for
+            message passing, validation and test positives held out).
+        config (TrainConfig, optional): Hyperparameters.
+            (default: :obj:`TrainConfig()`)
+        run_dir (str, optional): Where the run's files go; :obj:`None`
+            trains in memory. (default: :obj:`None`)
+        quiet (bool): No console output. (default: :obj:`False`)
+        device (str or torch.device): Where to train. (default: :obj:`"cpu"`)
+        use_tqdm (bool, optional): Progress bars (default: when tqdm is
+            installed and the console is a terminal).
+    """
+    def __init__(self, data, config: Optional[TrainConfig] = None,
+                 run_dir: Optional[str] = None, quiet: bool = False,
+                 device='cpu', use_tqdm: Optional[bool] = None):
+        self.config = config if config is not None else TrainConfig()
+        self.config.validate()
+        self.device = torch.device(device)
+        self._check_data(data)
+        self.fingerprint = data_fingerprint(data)
+        self.data = data.to(self.device) if self.device.type != 'cpu' \
+            else data
+        self.graph = get_adjacency(self.data)
+        self.features = {m: self.data['item'][m]
+                         for m in modalities(self.data)}
+        self.sampler = NegativeSampler.from_data(self.data).to(self.device)
+        self.generator = torch.Generator(device=self.device)
+        self.context = StageContext(self.config, self.data, self.graph,
+                                    self.features, self.sampler,
+                                    self.generator)
+        self.run = RunDir(run_dir) if run_dir is not None else None
+        self.logger = ProgressLogger(
+            self.run.file(RunDir.LOG) if self.run else None, quiet=quiet,
+            use_tqdm=use_tqdm)
+        #: The trained modules after :meth:`fit` (e.g. :obj:`'teacher'`,
+        #: :obj:`'student'`), each at its selected epoch.
+        self.modules: Dict[str, Module] = {}
+        #: Per-model results, the content of :obj:`metrics.json`.
+        self.results: Dict[str, Dict[str, Any]] = {}
+        #: One record per epoch (loss, and validation metrics when
+        #: evaluated), all stages.
+        self.history: List[Dict[str, Any]] = []
+        self._epochs_run = 0
+        self._interrupt_after: Optional[int] = None
+
+    # ------------------------------------------------------------------
+    # Input checks
+
+    def _check_data(self, data) -> None:
+        store = data[EDGE_TYPE]
+        for key, split in (('val_edge_index', 'validation'),
+                           ('test_edge_index', 'test')):
+            if key not in store or store[key].numel() == 0:
+                raise ValueError(f'the data has no {split} interactions: '
+                                 f'model selection needs a validation split '
+                                 f'and the report a test split')
+        if self.config.model in ('promptmm', 'lattice') and \
+                not modalities(data):
+            raise ValueError(f"model '{self.config.model}' reads item "
+                             f'features, but the data has none (add '
+                             f"<modality>_feat.npy files, or use --model "
+                             f'lightgcn)')
+
+    # ------------------------------------------------------------------
+    # Public API
+
+    def fit(self, resume: bool = False,
+            interrupt_after: Optional[int] = None) -> Dict[str, Any]:
+        r"""Runs every stage of :obj:`config.model` and returns the results
+        (the content of :obj:`metrics.json`).
+
+        Args:
+            resume (bool): Continue the run saved in :obj:`run_dir`.
+                (default: :obj:`False`)
+            interrupt_after (int, optional): Stop with
+                :class:`TrainingInterrupted` after this many epochs of this
+                call (a simulated kill, for tests). (default: :obj:`None`)
+        """
+        state = self._load_state() if resume else self._start_run()
+        self._epochs_run, self._interrupt_after = 0, interrupt_after
+        self.results, self.history = {}, []
+        if state is not None:
+            self.results = dict(state['results'])
+            self.history = list(state['history'])
+            self.logger.log(event='resume', stage=state['stage'],
+                            epoch=state['epoch'])
+            self.logger.message(f"Resuming {self.config.model} at stage "
+                                f"'{state['stage']}', epoch "
+                                f"{state['epoch']}")
+        previous: Dict[str, Module] = {}
+        for index, stage_cls in enumerate(STAGES[self.config.model]):
+            stage = stage_cls(self.context)
+            torch.manual_seed(_seed(self.config.seed, index))
+            self.generator.manual_seed(_seed(self.config.seed, index))
+            stage.build(previous)
+            current = state is not None and state['stage'] == stage.name
+            if current:
+                _load(stage.modules, state['modules'], 'the training state')
+                stage.after_load()
+            if stage.name not in self.results:
+                self._run_stage(stage, state if current else None)
+            previous.update(stage.modules)
+        self.modules = previous
+        self._finish()
+        return self.results
+
+    # ------------------------------------------------------------------
+    # Run directory
+
+    def _start_run(self) -> None:
+        if self.run is None:
+            return None
+        if self.run.has_run():
+            raise CheckpointError(f'{self.run.path} already holds a run: '
+                                  f'continue it with --resume, or choose '
+                                  f'another --out')
+        os.makedirs(self.run.path, exist_ok=True)
+        self.config.to_json(self.run.file(RunDir.CONFIG))
+        if os.path.exists(self.run.file(RunDir.LOG)):
+            os.remove(self.run.file(RunDir.LOG))
+        self.logger.log(event='start', model=self.config.model,
+                        fingerprint=self.fingerprint,
+                        config=self.config.to_dict())
+        return None
+
+    def _load_state(self) -> Dict[str, Any]:
+        if self.run is None:
+            raise ValueError('resume=True needs a run_dir')
+        path = self.run.file(RunDir.STATE)
+        if not os.path.isfile(path):
+            raise CheckpointError(f'nothing to resume in {self.run.path} '
+                                  f'(no {RunDir.STATE})')
+        state = load_checkpoint(path, what='training state')
+        check_fingerprint(state, self.fingerprint, path)
+        saved = TrainConfig.from_dict(state['config'], source=path)
+        if saved != self.config:
+            diff = [k for k, v in saved.to_dict().items()
+                    if v != self.config.to_dict()[k]]
+            raise ConfigError(f'{path}: the run was trained with another '
+                              f'config ({", ".join(diff)} differ); resume '
+                              f'with the config of {RunDir.CONFIG}')
+        return state
+
+    def _save_state(self, stage: Stage, epoch: int, optimizer, best,
+                    bad_evals: int, elapsed: float, finished: bool) -> None:
+        if self.run is None:
+            return
+        save_checkpoint({
+            'kind': 'train_state',
+            'config': self.config.to_dict(),
+            'fingerprint': self.fingerprint,
+            'stage': stage.name,
+            'epoch': epoch,
+            'finished': finished,
+            'modules': _snapshot(stage.modules),
+            'optimizer': optimizer.state_dict(),
+            'best': best,
+            'bad_evals': bad_evals,
+            'elapsed': elapsed,
+            'history': self.history,
+            'results': self.results,
+            'rng': _rng_state(self.generator),
+        }, self.run.file(RunDir.STATE))
+
+    def _write_metrics(self) -> None:
+        if self.run is not None:
+            atomic_write_text(self.run.file(RunDir.METRICS),
+                              json.dumps(self.results, indent=2) + '\n')
+
+    # ------------------------------------------------------------------
+    # One stage
+
+    def _run_stage(self, stage: Stage, state: Optional[Dict[str, Any]]):
+        cfg, log = self.config, self.logger
+        optimizer = stage.optimizer()
+        start_epoch, best, bad_evals, elapsed = 0, None, 0, 0.0
+        if state is not None:
+            optimizer.load_state_dict(state['optimizer'])
+            start_epoch, best = state['epoch'], state['best']
+            bad_evals, elapsed = state['bad_evals'], state['elapsed']
+            _set_rng_state(state['rng'], self.generator)
+        num_batches = self.sampler.num_batches(cfg.batch_size)
+        last_epoch, stopped = start_epoch, False
+        if start_epoch == 0:
+            log.message(f'[{stage.name}] training {stage.modules[stage.served]}'
+                        f' ({stage.num_params():,} parameters)')
+
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            if stopped:
+                break
+            tic = time.perf_counter()
+            stage.train_mode()
+            batches = self.sampler.epoch_batches(cfg.batch_size,
+                                                 generator=self.generator)
+            progress = log.epoch(stage.name, epoch, cfg.epochs, batches,
+                                 num_batches)
+            for batch, (users, pos, neg) in enumerate(progress):
+                loss, parts = stage.step(users, pos, neg, batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f'[{stage.name}] epoch {epoch}: the loss is '
+                        f'{loss.item()}; lower the learning rate')
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                progress.update(loss.item(), parts)
+            record = {'stage': stage.name, 'epoch': epoch,
+                      'loss': progress.mean_loss, **progress.mean_parts()}
+
+            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                user_emb, item_emb = stage.embeddings()
+                val = evaluate(user_emb, item_emb, self.data, 'val',
+                               ks=cfg.ks)
+                record['val'] = val
+                if best is None or val[SELECT_METRIC] > best['score']:
+                    best = {'epoch': epoch, 'score': val[SELECT_METRIC],
+                            'val': val, 'modules': _snapshot(stage.modules)}
+                    bad_evals = 0
+                else:
+                    bad_evals += 1
+                stopped = bad_evals >= cfg.patience
+            elapsed += time.perf_counter() - tic
+            record['seconds'] = elapsed
+            self.history.append(record)
+            log.log(event='epoch', **record)
+            if 'val' in record:
+                log.evaluation(stage.name, epoch, record['val'], best['epoch'],
+                               best['score'], elapsed)
+            elif not log.use_tqdm:
+                log.message(f'[{stage.name}] epoch {epoch:4d}  loss '
+                            f'{record["loss"]:.4f}  {elapsed:7.1f}s')
+            last_epoch = epoch
+            done = stopped or epoch == cfg.epochs
+            if not done and epoch % cfg.checkpoint_every == 0:
+                self._save_state(stage, epoch, optimizer, best, bad_evals,
+                                 elapsed, finished=False)
+            self._epochs_run += 1
+            if (self._interrupt_after is not None and not done
+                    and self._epochs_run >= self._interrupt_after):
+                raise TrainingInterrupted(
+                    f'interrupted after epoch {epoch} of stage '
+                    f"'{stage.name}'")
+        self._end_stage(stage, optimizer, best, last_epoch, bad_evals,
+                        elapsed)
+
+    def _end_stage(self, stage: Stage, optimizer, best: Dict[str, Any],
+                   epochs: int, bad_evals: int, elapsed: float) -> None:
+        _load(stage.modules, best['modules'], 'the best state')
+        stage.after_load()
+        user_emb, item_emb = stage.embeddings()
+        test = evaluate(user_emb, item_emb, self.data, 'test',
+                        ks=self.config.ks)
+        result = {'val': best['val'], 'test': test, 'epochs': epochs,
+                  'best_epoch': best['epoch'],
+                  'train_seconds': round(elapsed, 3),
+                  'params': stage.num_params()}
+        self.results[stage.name] = result
+        self.logger.log(event='test', stage=stage.name, **result)
+        self.logger.message(
+            f"[{stage.name}] selected epoch {best['epoch']} (validation "
+            f"{SELECT_METRIC} {best['score']:.4f}); test recall@20 "
+            f"{test['recall@20']:.4f} ndcg@20 {test['ndcg@20']:.4f}; "
+            f'{elapsed:.1f}s')
+        self._export(stage, user_emb, item_emb, result)
+        self._save_state(stage, epochs, optimizer, None, bad_evals, elapsed,
+                         finished=True)
+        self._write_metrics()
+
+    def _export(self, stage: Stage, user_emb, item_emb,
+                result: Dict[str, Any]) -> None:
+        r"""Writes :obj:`<model>.pt`: the served model's weights at the
+        selected epoch, its final embeddings and the train interactions
+        (what recommendation needs, without the data directory)."""
+        if self.run is None:
+            return
+        model = stage.modules[stage.served]
+        ckpt = {
+            'kind': 'model', 'name': stage.name,
+            'class': type(model).__name__,
+            'state_dict': model.state_dict(),
+            'user_emb': user_emb.detach().cpu(),
+            'item_emb': item_emb.detach().cpu(),
+            'train_edge_index': self.graph.edge_index.cpu(),
+            'config': self.config.to_dict(),
+            'fingerprint': self.fingerprint,
+            'metrics': result,
+        }
+        if type(model).__name__ == 'LightGCNStudent':
+            ckpt['init'] = {'num_users': model.num_users,
+                            'num_items': model.num_items,
+                            'embedding_dim': model.embedding_dim,
+                            'num_layers': model.num_layers,
+                            'layout': model.layout}
+        if 'teacher' in stage.modules and stage.served != 'teacher':
+            # Stage 2 tuned the prompt: record it next to the teacher.
+            path = self.run.model_file('teacher')
+            teacher = load_checkpoint(path, what='teacher checkpoint')
+            teacher.pop('format_version')
+            teacher['tuned_prompt_state_dict'] = \
+                stage.modules['teacher'].prompt.state_dict()
+            save_checkpoint(teacher, path)
+        save_checkpoint(ckpt, self.run.model_file(stage.name))
+
+    def _finish(self) -> None:
+        self._write_metrics()
+        if self.run is not None and self.history:
+            plot_curves(self.history, self.run.file(RunDir.CURVES))
+        self.logger.log(event='done', results=self.results)
+
+
+__all__ = ['Trainer', 'TrainingInterrupted', 'SELECT_METRIC']
