@@ -1,6 +1,8 @@
 r"""Models, propagation layers and distillation losses."""
 from .conv import BipartiteConv
-from .models import LightGCNStudent
+from .prompt import PromptLearner
+from .projector import PromptedProjector
+from .models import LightGCNStudent, MultimodalTeacher
 from .models import LATTICE
 from .losses import (BPRLoss, EmbeddingKDLoss, ListwiseKDLoss,
                      PairwiseKDLoss)
@@ -9,6 +11,9 @@ __all__ = [
     'BipartiteConv',
     'LightGCNStudent',
     'LATTICE',
+    'PromptLearner',
+    'PromptedProjector',
+    'MultimodalTeacher',
     'BPRLoss',
     'PairwiseKDLoss',
     'ListwiseKDLoss',

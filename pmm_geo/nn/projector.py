@@ -1,0 +1,107 @@
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import Dropout, Linear, Module
+
+# Guards the row normalization of all-zero rows (items without content in a
+# modality): F.normalize divides by max(norm, eps) and its gradient is 0 there.
+NORM_EPS = 1e-12
+
+
+class PromptedProjector(Module):
+    r"""The prompt-conditioned feature reduction of `"PromptMM: Multi-Modal
+    Knowledge Distillation for Recommendation with Prompt-Tuning"
+    <https://arxiv.org/abs/2402.17188>`_: raw item features of one modality
+    are smoothed through the item prompt space, then projected to the
+    teacher's width.
+
+    .. math::
+        \mathbf{F}_m = \mathrm{Dropout}\left(\mathbf{W}_m \left(\mathbf{X}_m
+        + \beta \cdot \mathrm{rownorm}\left(\mathbf{P}_i
+        (\mathbf{P}_i^{\top} \mathbf{X}_m)\right)\right) + \mathbf{b}_m
+        \right)
+
+    :math:`\mathbf{P}_i (\mathbf{P}_i^{\top} \mathbf{X}_m)` is a rank-:math:`d`
+    smoothing of the features, computed right to left (cost
+    :math:`O(I \cdot d \cdot d_m)`, never an :math:`I \times I` matrix).
+
+    Args:
+        in_channels (int): Feature width :math:`d_m`.
+        out_channels (int): Output width :math:`d`.
+        dropout (float): Dropout on the projected features.
+            (default: :obj:`0.`)
+        beta (float): Weight :math:`\beta` of the prompt term.
+            (default: :obj:`0.1`)
+        bias (bool): Whether :math:`\mathbf{W}_m` has a bias.
+            (default: :obj:`True`)
+
+    Shapes:
+        - **input:** features :math:`(I, d_m)`, item prompts :math:`(I, d)`
+        - **output:** :math:`(I, d)`
+    """
+    def __init__(self, in_channels: int, out_channels: int,
+                 dropout: float = 0., beta: float = 0.1, bias: bool = True):
+        super().__init__()
+        if not 0. <= dropout < 1.:
+            raise ValueError(f"'dropout' must be in [0, 1), got {dropout}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.beta = float(beta)
+        self.lin = Linear(in_channels, out_channels, bias=bias)
+        self.dropout = Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        torch.nn.init.xavier_uniform_(self.lin.weight)
+        if self.lin.bias is not None:
+            torch.nn.init.zeros_(self.lin.bias)
+
+    def prompt_features(self, x: Tensor, prompt: Tensor) -> Tensor:
+        r"""Returns :math:`\mathrm{rownorm}(\mathbf{P}_i (\mathbf{P}_i^{\top}
+        \mathbf{X}_m))`, shape :math:`(I, d_m)`."""
+        return F.normalize(prompt @ (prompt.t() @ x), dim=-1, eps=NORM_EPS)
+
+    def forward(self, x: Tensor, prompt: Optional[Tensor]) -> Tensor:
+        r"""Args:
+            x (torch.Tensor): Item features :math:`(I, d_m)`.
+            prompt (torch.Tensor, optional): Item prompts :math:`(I, d)`
+                (:obj:`None` or :obj:`beta=0` skips the prompt term).
+        """
+        if x.dim() != 2 or x.size(-1) != self.in_channels:
+            raise ValueError(f"Expected features of shape [num_items, "
+                             f"{self.in_channels}], got {list(x.shape)}")
+        if prompt is not None and self.beta != 0.:
+            if prompt.size(0) != x.size(0):
+                raise ValueError(f"'prompt' has {prompt.size(0)} rows but "
+                                 f"'x' has {x.size(0)}")
+            x = x + self.beta * self.prompt_features(x, prompt)
+        return self.dropout(self.lin(x))
+
+    def forward_factorized(self, x: Tensor, projected: Tensor,
+                           prompt: Tensor) -> Tensor:
+        r"""Same result as :meth:`forward` given the prompt-independent part
+        :obj:`projected` :math:`= \mathbf{W}_m \mathbf{X}_m + \mathbf{b}_m`,
+        without any :math:`I \times d_m` intermediate: with
+        :math:`\mathbf{M} = \mathbf{P}_i^{\top} \mathbf{X}_m`, the prompt
+        term is :math:`(\mathbf{P}_i \mathbf{M} \mathbf{W}_m^{\top}) /
+        \|\mathbf{P}_i \mathbf{M}\|_{\mathrm{row}}`, where the row norms come
+        from the :math:`d \times d` Gram matrix :math:`\mathbf{M}
+        \mathbf{M}^{\top}`. One pass over :math:`\mathbf{X}_m` instead of
+        three, and autograd stores only :math:`(I, d)` tensors (stage 2 of
+        the distillation, with the projector frozen)."""
+        if self.beta == 0.:
+            return self.dropout(projected)
+        moment = prompt.t() @ x  # [d, d_m]
+        gram = moment @ moment.t()  # [d, d]
+        sq_norm = ((prompt @ gram) * prompt).sum(dim=-1, keepdim=True)
+        # clamp_min before sqrt: zero gradient (not NaN) at zero-norm rows.
+        norm = sq_norm.clamp_min(NORM_EPS**2).sqrt()
+        numerator = prompt @ (moment @ self.lin.weight.t())  # [I, d]
+        return self.dropout(projected + self.beta * numerator / norm)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({self.in_channels}, '
+                f'{self.out_channels}, dropout={self.dropout.p}, '
+                f'beta={self.beta})')
