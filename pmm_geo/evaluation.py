@@ -60,6 +60,30 @@ def ranking_index(data, split: str = 'test') -> RankingIndex:
                         target_keys, target_count)
 
 
+def get_ranking_index(data, split: str = 'test',
+                      device: Optional[torch.device] = None) -> RankingIndex:
+    r"""Returns the :class:`RankingIndex` of :obj:`split` on :obj:`device`,
+    built on first use and cached on the data object (evaluation runs every
+    epoch; the index only changes when the split tensors are replaced)."""
+    store = data[EDGE_TYPE]
+    # The split tensors themselves (held, so no new tensor can reuse their
+    # memory) and the node counts identify the data the index was built on.
+    stamp = [data[USER].num_nodes, data[ITEM].num_nodes] + [
+        store[name] if name in store else None
+        for name in ('edge_index', 'val_edge_index', 'test_edge_index')
+    ]
+    cache = store.__dict__.setdefault('_pmm_ranking_index', {})
+    key = (split, str(device))
+    cached = cache.get(key)
+    if cached is None or not (cached[0][:2] == stamp[:2] and all(
+            a is b for a, b in zip(cached[0][2:], stamp[2:]))):
+        index = ranking_index(data, split)
+        if device is not None:
+            index = RankingIndex(*(t.to(device) for t in index))
+        cache[key] = (stamp, index)
+    return cache[key][1]
+
+
 def default_batch_size(num_items: int, dtype: torch.dtype = torch.float32,
                        chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     r"""Users per score chunk such that a chunk of
@@ -142,8 +166,7 @@ def evaluate(
         raise ValueError(f"'batch_size' must be positive, got {batch_size}")
     batch_size = int(batch_size)
 
-    index = RankingIndex(*(t.to(user_emb.device)
-                           for t in ranking_index(data, split)))
+    index = get_ranking_index(data, split, user_emb.device)
     hits = [
         _hits(top, index, start, num_items)
         for start, top in _ranked_chunks(user_emb, item_emb, index, max(ks),

@@ -243,3 +243,17 @@ def test_clear_errors():
                  ks=(1, ))
     assert evaluate(torch.ones(1, 2), torch.eye(2), no_val,
                     ks=(1, ))['recall@1'] == 1.0
+
+
+def test_cached_index_follows_replaced_splits():
+    data, user, item = random_data(seed=6)
+    first = evaluate(user, item, data)
+    assert evaluate(user, item, data) == first  # Served from the cache.
+    store = data['user', 'interacts', 'item']
+    store.test_edge_index = store.test_edge_index[:, ::2].contiguous()
+    fresh = from_arrays(split_edge_index(data, 'train'),
+                        split_edge_index(data, 'val'),
+                        split_edge_index(data, 'test'), num_users=40,
+                        num_items=60)
+    assert evaluate(user, item, data) == evaluate(user, item, fresh)
+    assert evaluate(user, item, data) != first
