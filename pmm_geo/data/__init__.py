@@ -15,8 +15,15 @@ from .hetero import (
     modalities,
     split_edge_index,
 )
+from .readers import read_mmrec, read_promptmm
+from .synthetic import SyntheticFactors, synthetic, synthetic_electronics
 
 __all__ = [
+    'read_promptmm',
+    'read_mmrec',
+    'synthetic',
+    'synthetic_electronics',
+    'SyntheticFactors',
     'EDGE_TYPE',
     'REV_EDGE_TYPE',
     'DataFormatError',

@@ -68,15 +68,21 @@ def _as_features(value, source: str, field: str) -> Tensor:
     if x.dim() != 2:
         raise DataFormatError(source, field, 'features must be 2-D '
                               f'[num_items, dim], got shape {list(x.shape)}')
+    if x.size(1) == 0:
+        raise DataFormatError(source, field, f'features have no columns '
+                              f'(shape {list(x.shape)})')
     if not x.is_floating_point():
         x = x.float()
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        row, col = (~finite).nonzero()[0].tolist()
+    # One pass over the (possibly large) matrix: the row-wise max |x| is
+    # NaN/inf exactly for rows with a non-finite value and 0 for zero rows.
+    row_max = torch.linalg.vector_norm(x, ord=float('inf'), dim=1)
+    if not bool(torch.isfinite(row_max).all()):
+        row = int((~torch.isfinite(row_max)).nonzero()[0, 0])
+        col = int((~torch.isfinite(x[row])).nonzero()[0, 0])
         raise DataFormatError(source, field, f'non-finite value '
                               f'{x[row, col].item()} at row {row}, '
                               f'column {col}')
-    zero_rows = int((x.abs().sum(dim=1) == 0).sum())
+    zero_rows = int((row_max == 0).sum())
     if zero_rows > 0:
         warnings.warn(f'{source}: field {field!r}: {zero_rows} all-zero '
                       f'feature row(s) (items without this modality); '

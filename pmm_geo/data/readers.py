@@ -1,0 +1,304 @@
+r"""Readers for the on-disk formats multimodal recommenders already use.
+
+- :func:`read_promptmm`: the LATTICE / MMSSL / PromptMM format,
+  :obj:`train.json`, :obj:`val.json`, :obj:`test.json` as
+  :obj:`{"<user>": [items]}` plus one :obj:`<modality>_feat.npy` per modality.
+- :func:`read_mmrec`: the MMRec format, :obj:`<name>.inter` (tab-separated,
+  columns :obj:`userID`, :obj:`itemID`, :obj:`x_label` with 0/1/2 =
+  train/validation/test) plus the same :obj:`*_feat.npy` files.
+
+Both return the :class:`~torch_geometric.data.HeteroData` of
+:func:`pmm_geo.data.from_arrays`, and raise
+:class:`pmm_geo.data.DataFormatError` (naming the file, the field and the
+offending value) for malformed input.
+"""
+import json
+import os.path as osp
+from glob import escape, glob
+from itertools import chain
+from typing import Dict, List, Tuple
+
+import numpy as np
+from torch_geometric.data import HeteroData
+
+from .hetero import SPLITS, DataFormatError, from_arrays
+
+FEATURE_SUFFIX = '_feat.npy'
+# Conventional order of the usual modalities; any other name follows,
+# alphabetically.
+_MODALITY_ORDER = ('image', 'text', 'audio')
+# Names that would clash with node-store attributes of HeteroData.
+_RESERVED_NAMES = ('num_nodes', 'x', 'node_type', 'batch', 'ptr')
+_X_LABELS = {0: 'train', 1: 'val', 2: 'test'}
+
+
+def read_promptmm(root: str) -> HeteroData:
+    r"""Reads a dataset in the LATTICE / MMSSL / PromptMM on-disk format.
+
+    :obj:`root` holds :obj:`train.json`, :obj:`val.json` and
+    :obj:`test.json`, each a JSON object :obj:`{"<user id>": [item ids]}`
+    (0-based integer ids; users with empty lists are allowed), and
+    optionally one :obj:`<modality>_feat.npy` per item modality
+    (e.g. :obj:`image_feat.npy`, :obj:`text_feat.npy`, :obj:`audio_feat.npy`;
+    any name), a float array :obj:`[num_items, dim]` whose row :obj:`i`
+    describes item :obj:`i`. Modalities come in the order image, text,
+    audio, then any others alphabetically.
+
+    The number of users is the largest user key over the three files plus
+    one; the number of items is the number of feature rows (every feature
+    file must agree), or the largest item id plus one when there are no
+    feature files. Duplicate interactions are merged with a warning;
+    all-zero feature rows are kept with a warning.
+
+    Args:
+        root (str): The dataset folder.
+
+    Raises:
+        DataFormatError: For a missing or malformed file, ids that are not
+            non-negative integers or exceed the feature rows, feature files
+            that disagree in row count or hold NaN/inf values, an empty
+            train split, or a held-out positive that is also a train
+            interaction.
+    """
+    _check_folder(root)
+    splits, sources, max_user = {}, {}, -1
+    for split in SPLITS:
+        path = osp.join(root, f'{split}.json')
+        users, items, split_max_user = _read_json_split(path, split)
+        splits[split] = np.stack([users, items])
+        sources[split] = path
+        max_user = max(max_user, split_max_user)
+
+    features, feature_sources = _read_features(root)
+    sources.update(feature_sources)
+    if max_user < 0:
+        raise DataFormatError(sources['train'], 'train',
+                              'no users in any split')
+    return from_arrays(splits['train'], splits['val'], splits['test'],
+                       features=features, num_users=max_user + 1,
+                       sources=sources)
+
+
+def read_mmrec(root: str, name: str) -> HeteroData:
+    r"""Reads a dataset in the `MMRec <https://github.com/enoche/MMRec>`_
+    format.
+
+    :obj:`root` holds :obj:`<name>.inter`, a tab-separated file whose header
+    names at least the columns :obj:`userID`, :obj:`itemID` and
+    :obj:`x_label` (in any order; other columns such as :obj:`rating` and
+    :obj:`timestamp` are ignored; RecBole-style type suffixes such as
+    :obj:`userID:token` are accepted), with :obj:`x_label` 0, 1 or 2 for a
+    train, validation or test interaction, plus optionally one
+    :obj:`<modality>_feat.npy` per item modality, as in
+    :func:`read_promptmm`.
+
+    The number of users is the largest :obj:`userID` plus one; the number
+    of items is the number of feature rows, or the largest :obj:`itemID`
+    plus one without feature files.
+
+    Args:
+        root (str): The dataset folder.
+        name (str): The dataset name, i.e. the stem of the :obj:`.inter`
+            file (e.g. :obj:`"baby"` for :obj:`baby.inter`).
+
+    Raises:
+        DataFormatError: As :func:`read_promptmm`, plus a missing column or
+            an :obj:`x_label` outside 0, 1, 2.
+    """
+    _check_folder(root)
+    path = osp.join(root, f'{name}.inter')
+    users, items, labels = _read_inter(path)
+    splits = {split: np.stack([users[labels == label],
+                               items[labels == label]])
+              for label, split in _X_LABELS.items()}
+    features, sources = _read_features(root)
+    sources.update({split: f'{path} (x_label={label})'
+                    for label, split in _X_LABELS.items()})
+    num_users = int(users.max()) + 1 if users.size else None
+    return from_arrays(splits['train'], splits['val'], splits['test'],
+                       features=features, num_users=num_users,
+                       sources=sources)
+
+
+# JSON splits #################################################################
+
+
+def _check_folder(root: str) -> None:
+    if not osp.isdir(root):
+        raise DataFormatError(str(root), 'root',
+                              f"dataset folder '{root}' does not exist")
+
+
+def _read_json_split(path: str,
+                     split: str) -> Tuple[np.ndarray, np.ndarray, int]:
+    r"""Returns the (user, item) arrays of one JSON split and the largest
+    user key (users with empty lists count)."""
+    if not osp.isfile(path):
+        raise DataFormatError(path, split, f"missing file '{path}' (the "
+                              f"format has train.json, val.json and "
+                              f"test.json)")
+    try:
+        with open(path, 'r', encoding='utf-8') as f:
+            obj = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(path, split, f'malformed JSON at line '
+                              f'{e.lineno}, column {e.colno}: {e.msg}'
+                              ) from None
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, split, f'not UTF-8 text: {e}') from None
+    if not isinstance(obj, dict):
+        raise DataFormatError(path, split, f'expected a JSON object '
+                              f'{{"<user id>": [item ids]}}, got a '
+                              f'{type(obj).__name__}')
+
+    keys = [_parse_user_key(key, path) for key in obj]
+    lists = list(obj.values())
+    for key, value in zip(obj, lists):
+        if not isinstance(value, list):
+            raise DataFormatError(path, f'user "{key}"', f'expected a list '
+                                  f'of item ids, got {value!r}')
+    lengths = np.fromiter((len(v) for v in lists), dtype=np.int64,
+                          count=len(lists))
+    flat = list(chain.from_iterable(lists))
+    # `bool` is a subclass of `int`: reject it like any other non-integer.
+    if not all(type(item) is int for item in flat):
+        _raise_bad_item(obj, path, lambda item: type(item) is not int,
+                        'is not an integer item id')
+    items = np.array(flat, dtype=np.int64) if flat else np.empty(
+        0, dtype=np.int64)
+    if (items < 0).any():
+        _raise_bad_item(obj, path, lambda item: item < 0,
+                        'is a negative item id')
+    users = np.repeat(np.array(keys, dtype=np.int64), lengths)
+    return users, items, max(keys, default=-1)
+
+
+def _parse_user_key(key: str, path: str) -> int:
+    # JSON object keys are always strings: accept only plain decimal ones.
+    if not (key.isascii() and key.isdigit()):
+        what = 'a negative' if key.lstrip('-').isdigit() else 'not an integer'
+        raise DataFormatError(path, 'user key', f'"{key}" is {what} user id')
+    return int(key)
+
+
+def _raise_bad_item(obj: dict, path: str, is_bad, what: str) -> None:
+    for key, value in obj.items():
+        for item in value:
+            if is_bad(item):
+                raise DataFormatError(path, f'user "{key}"',
+                                      f'{json.dumps(item)} {what}')
+
+
+# MMRec .inter ################################################################
+
+_INTER_COLUMNS = ('userID', 'itemID', 'x_label')
+
+
+def _read_inter(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Returns the userID, itemID and x_label columns of an MMRec
+    :obj:`.inter` file."""
+    if not osp.isfile(path):
+        raise DataFormatError(path, 'file', f"missing file '{path}'")
+    try:
+        with open(path, 'r', encoding='utf-8') as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, 'file', f'not UTF-8 text: {e}') from None
+    if not lines:
+        raise DataFormatError(path, 'header', 'the file is empty')
+
+    # RecBole headers carry types, e.g. 'userID:token'.
+    header = [col.strip().split(':')[0] for col in lines[0].split('\t')]
+    columns = {}
+    for col in _INTER_COLUMNS:
+        if col not in header:
+            raise DataFormatError(path, col, f"missing column '{col}' in "
+                                  f"the header {lines[0]!r}")
+        columns[col] = header.index(col)
+
+    line_nos, rows = [], []
+    for line_no, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split('\t')
+        if len(fields) != len(header):
+            raise DataFormatError(path, f'line {line_no}', f'{len(fields)} '
+                                  f'tab-separated fields, but the header '
+                                  f'has {len(header)}: {line!r}')
+        line_nos.append(line_no)
+        rows.append(fields)
+
+    out = [_int_column(path, col, [row[columns[col]] for row in rows],
+                       line_nos) for col in _INTER_COLUMNS]
+    users, items, labels = out
+    bad = ~np.isin(labels, list(_X_LABELS))
+    if bad.any():
+        i = int(bad.nonzero()[0][0])
+        raise DataFormatError(path, 'x_label', f'value {labels[i]} on line '
+                              f'{line_nos[i]} (expected 0 = train, '
+                              f'1 = validation or 2 = test)')
+    return users, items, labels
+
+
+def _is_int(value: str) -> bool:
+    value = value.strip()
+    value = value[1:] if value.startswith('-') else value
+    return value.isascii() and value.isdigit()
+
+
+def _int_column(path: str, col: str, values: List[str],
+                line_nos: List[int]) -> np.ndarray:
+    bad = next((i for i, v in enumerate(values) if not _is_int(v)), None)
+    if bad is not None:
+        raise DataFormatError(path, col, f'{values[bad]!r} on line '
+                              f'{line_nos[bad]} is not an integer')
+    out = np.array([int(v) for v in values], dtype=np.int64)
+    if (out < 0).any():
+        i = int((out < 0).nonzero()[0][0])
+        raise DataFormatError(path, col, f'negative id {out[i]} on line '
+                              f'{line_nos[i]}')
+    return out
+
+
+# Features ####################################################################
+
+
+def _modality_sort_key(name: str) -> Tuple[int, str]:
+    if name in _MODALITY_ORDER:
+        return (_MODALITY_ORDER.index(name), name)
+    return (len(_MODALITY_ORDER), name)
+
+
+def _read_features(
+        root: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    r"""Loads every :obj:`<modality>_feat.npy` in :obj:`root`."""
+    paths = {}
+    for path in glob(osp.join(escape(root), '*' + FEATURE_SUFFIX)):
+        name = osp.basename(path)[:-len(FEATURE_SUFFIX)]
+        if not name.isidentifier() or name in _RESERVED_NAMES:
+            raise DataFormatError(path, 'modality', f"'{name}' is not a "
+                                  f"usable modality name (file names must "
+                                  f"be '<modality>{FEATURE_SUFFIX}' with a "
+                                  f"Python identifier, not one of "
+                                  f"{_RESERVED_NAMES})")
+        paths[name] = path
+    features, sources = {}, {}
+    for name in sorted(paths, key=_modality_sort_key):
+        features[name] = _load_npy(paths[name], name)
+        sources[name] = paths[name]
+    return features, sources
+
+
+def _load_npy(path: str, name: str) -> np.ndarray:
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataFormatError(path, name, f'cannot read the array: '
+                              f'{e}') from None
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in 'fiub':
+        dtype = getattr(x, 'dtype', type(x).__name__)
+        raise DataFormatError(path, name, f'expected a numeric array, got '
+                              f'dtype {dtype}')
+    if x.dtype.kind != 'f':
+        x = x.astype(np.float32)
+    return x
