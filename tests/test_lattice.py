@@ -1,3 +1,7 @@
+import os
+import runpy
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -352,3 +356,19 @@ def test_fits_planted_signal():
         random = evaluate(torch.randn_like(user), torch.randn_like(item),
                           data, split='val')['recall@20']
     assert recall > 2 * random, (recall, random)
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/status'),
+                    reason='the memory benchmark reads Linux /proc')
+def test_memory_benchmark_smoke():
+    path = Path(__file__).resolve().parents[1] / 'benchmarks' / \
+        'bench_lattice_memory.py'
+    bench = runpy.run_path(str(path))
+    argv = ['--items', '150', '--users', '80', '--interactions', '1500',
+            '--dims', '24', '12', '--embedding-dim', '8', '--batch-size',
+            '64']
+    sparse = bench['main'](argv)
+    dense = bench['main'](argv + ['--dense'])
+    # The dense original and the sparse graph hold the same edges.
+    assert sparse['item_graph_edges'] == dense['item_graph_edges'] > 0
+    assert sparse['peak_over_baseline_mb'] >= 0
