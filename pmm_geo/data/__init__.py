@@ -15,12 +15,14 @@ from .hetero import (
     modalities,
     split_edge_index,
 )
-from .readers import read_mmrec, read_promptmm
+from .readers import read_mmrec, read_promptmm, write_mmrec, write_promptmm
 from .synthetic import SyntheticFactors, synthetic, synthetic_electronics
 
 __all__ = [
     'read_promptmm',
     'read_mmrec',
+    'write_promptmm',
+    'write_mmrec',
     'synthetic',
     'synthetic_electronics',
     'SyntheticFactors',

@@ -26,29 +26,41 @@ class DataFormatError(ValueError):
 
 def _as_index(interactions: Interactions, source: str, field: str) -> Tensor:
     if isinstance(interactions, tuple) and len(interactions) == 2:
-        interactions = [np.asarray(interactions[0]),
-                        np.asarray(interactions[1])]
-    arr = interactions
-    if isinstance(arr, Tensor):
-        arr = arr.detach().cpu().numpy()
-    arr = np.asarray(arr)
+        users, items = (_as_numpy(x).reshape(-1) for x in interactions)
+        if users.shape != items.shape:
+            raise DataFormatError(source, field, f'{users.size} user ids '
+                                  f'but {items.size} item ids')
+        arr = np.stack([users, items])
+    else:
+        arr = _as_numpy(interactions)
     if arr.size == 0:
         return torch.empty(2, 0, dtype=torch.long)
     if arr.ndim != 2 or arr.shape[0] != 2:
         raise DataFormatError(source, field,
                               f'expected shape [2, E], got {list(arr.shape)}')
     if arr.dtype.kind not in 'iu':
-        bad = arr.reshape(-1)[0]
+        flat = arr.reshape(-1)
+        bad = flat[0]
         if arr.dtype.kind == 'f':
-            frac = arr[np.nonzero(arr != np.round(arr))]
+            frac = flat[flat != np.round(flat)]  # NaN != NaN: caught too.
             bad = frac[0] if frac.size else bad
+        bad = bad.item() if isinstance(bad, np.generic) else bad
         raise DataFormatError(source, field,
                               f'ids must be integers, got {bad!r} '
                               f'(dtype {arr.dtype})')
-    if (arr < 0).any():
-        raise DataFormatError(source, field,
-                              f'negative id {int(arr[arr < 0][0])}')
+    for row, what in enumerate(('user', 'item')):
+        if (arr[row] < 0).any():
+            col = int(np.nonzero(arr[row] < 0)[0][0])
+            raise DataFormatError(source, field, f'negative {what} id '
+                                  f'{int(arr[row, col])} (interaction '
+                                  f'{col})')
     return torch.from_numpy(arr.astype(np.int64))
+
+
+def _as_numpy(value) -> np.ndarray:
+    if isinstance(value, Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
 
 
 def _dedup(edge_index: Tensor, num_items: int, source: str,
@@ -178,10 +190,12 @@ def _resolve_num_items(splits: Dict[str, Tensor], feats: Dict[str, Tensor],
                                   f'rows, but num_items={num_items}')
     for name, edge_index in splits.items():
         if edge_index.numel() > 0 and int(edge_index[1].max()) >= num_items:
-            bad = int(edge_index[1].max())
+            col = int(edge_index[1].argmax())
+            user, bad = edge_index[:, col].tolist()
             what = 'feature rows' if rows else 'num_items'
-            raise DataFormatError(src[name], name, f'item id {bad} is out '
-                                  f'of range ({what}: {num_items})')
+            raise DataFormatError(src[name], name, f'item id {bad} (user '
+                                  f'{user}) is out of range ({what}: '
+                                  f'{num_items})')
     return int(num_items)
 
 
@@ -192,9 +206,11 @@ def _resolve_num_users(splits: Dict[str, Tensor], num_users: Optional[int],
         return max_user + 1
     for name, edge_index in splits.items():
         if edge_index.numel() > 0 and int(edge_index[0].max()) >= num_users:
-            raise DataFormatError(src[name], name, f'user id '
-                                  f'{int(edge_index[0].max())} is out of '
-                                  f'range (num_users: {num_users})')
+            col = int(edge_index[0].argmax())
+            bad, item = edge_index[:, col].tolist()
+            raise DataFormatError(src[name], name, f'user id {bad} (item '
+                                  f'{item}) is out of range (num_users: '
+                                  f'{num_users})')
     return int(num_users)
 
 

@@ -13,6 +13,7 @@ Both return the :class:`~torch_geometric.data.HeteroData` of
 offending value) for malformed input.
 """
 import json
+import os
 import os.path as osp
 from glob import escape, glob
 from itertools import chain
@@ -21,7 +22,13 @@ from typing import Dict, List, Tuple
 import numpy as np
 from torch_geometric.data import HeteroData
 
-from .hetero import SPLITS, DataFormatError, from_arrays
+from .hetero import (
+    SPLITS,
+    DataFormatError,
+    from_arrays,
+    modalities,
+    split_edge_index,
+)
 
 FEATURE_SUFFIX = '_feat.npy'
 # Conventional order of the usual modalities; any other name follows,
@@ -118,6 +125,61 @@ def read_mmrec(root: str, name: str) -> HeteroData:
     return from_arrays(splits['train'], splits['val'], splits['test'],
                        features=features, num_users=num_users,
                        sources=sources)
+
+
+def write_promptmm(data: HeteroData, root: str) -> None:
+    r"""Writes :obj:`data` in the format :func:`read_promptmm` reads:
+    :obj:`train.json`, :obj:`val.json`, :obj:`test.json` (every user a key,
+    possibly with an empty list) and one :obj:`<modality>_feat.npy` per
+    item modality. Without features, reading back gives the largest item
+    id plus one items.
+
+    Args:
+        data (HeteroData): A pmm_geo dataset.
+        root (str): The folder to write into (created if needed).
+    """
+    os.makedirs(root, exist_ok=True)
+    num_users = data['user'].num_nodes
+    for split in SPLITS:
+        lists: List[List[int]] = [[] for _ in range(num_users)]
+        if _has_split(data, split):
+            for user, item in split_edge_index(data, split).t().tolist():
+                lists[user].append(item)
+        with open(osp.join(root, f'{split}.json'), 'w') as f:
+            json.dump({str(u): items for u, items in enumerate(lists)}, f)
+    _write_features(data, root)
+
+
+def write_mmrec(data: HeteroData, root: str, name: str) -> None:
+    r"""Writes :obj:`data` in the format :func:`read_mmrec` reads:
+    :obj:`<name>.inter` with columns :obj:`userID`, :obj:`itemID`,
+    :obj:`x_label` and one :obj:`<modality>_feat.npy` per item modality.
+
+    Args:
+        data (HeteroData): A pmm_geo dataset.
+        root (str): The folder to write into (created if needed).
+        name (str): The dataset name (the stem of the :obj:`.inter` file).
+    """
+    os.makedirs(root, exist_ok=True)
+    lines = ['userID\titemID\tx_label']
+    for label, split in _X_LABELS.items():
+        if _has_split(data, split):
+            lines.extend(f'{user}\t{item}\t{label}' for user, item in
+                         split_edge_index(data, split).t().tolist())
+    with open(osp.join(root, f'{name}.inter'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    _write_features(data, root)
+
+
+def _has_split(data: HeteroData, split: str) -> bool:
+    key = 'edge_index' if split == 'train' else f'{split}_edge_index'
+    return key in data['user', 'interacts', 'item']
+
+
+def _write_features(data: HeteroData, root: str) -> None:
+    for name in modalities(data):
+        np.save(osp.join(root, name + FEATURE_SUFFIX),
+                data['item'][name].detach().cpu().numpy())
 
 
 # JSON splits #################################################################

@@ -1,0 +1,28 @@
+r"""Shared pytest fixtures."""
+from pathlib import Path
+
+import pytest
+
+#: Real data beside the checkout (``../shared/data``); absent in a user's
+#: clone, so tests that need it must skip.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+
+
+@pytest.fixture
+def synthetic_data():
+    r"""A small synthetic dataset with planted structure: 120 users,
+    80 items, 1,500 interactions (one val and one test item per user),
+    16-d :obj:`image` and 8-d :obj:`text` features. Fresh per test, so
+    tests may modify it."""
+    from pmm_geo.data import synthetic
+    return synthetic(num_users=120, num_items=80, num_interactions=1500,
+                     modalities={'image': 16, 'text': 8}, seed=0)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    r"""The ``../shared/data`` folder; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f'real data folder {SHARED_DATA} is absent (it lives '
+                    f'beside the checkout, never in the repository)')
+    return SHARED_DATA
