@@ -1,0 +1,268 @@
+import json
+import math
+
+import pytest
+import torch
+
+from pmm_geo import evaluate
+from pmm_geo.data import EDGE_TYPE
+from pmm_geo.data.synthetic import synthetic
+from pmm_geo.train import (
+    SELECT_METRIC,
+    Trainer,
+    TrainConfig,
+    TrainingInterrupted,
+    load_checkpoint,
+    load_recommender,
+)
+
+KS = (10, 20, 50)
+METRIC_KEYS = {f'{name}@{k}' for name in ('recall', 'ndcg', 'precision',
+                                          'hit') for k in KS}
+
+
+def small_data(seed=0, **kwargs):
+    args = dict(num_users=160, num_items=120, num_interactions=3200,
+                modalities={'image': 24, 'text': 12}, seed=seed)
+    args.update(kwargs)
+    return synthetic(**args)
+
+
+def tiny_config(**changes):
+    base = dict(epochs=4, batch_size=512, embedding_dim=32, student_dim=32,
+                num_layers=2, student_layers=2, patience=10, lr=5e-3,
+                student_lr=5e-3, num_list_negatives=5)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope='module')
+def data():
+    return small_data()
+
+
+@pytest.fixture(scope='module')
+def promptmm_run(data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp('promptmm_run')
+    trainer = Trainer(data, tiny_config(prompt_lr=1e-2), run_dir=run_dir,
+                      quiet=True)
+    results = trainer.fit()
+    return run_dir, trainer, results
+
+
+def test_metrics_schema_and_run_files(promptmm_run):
+    run_dir, trainer, results = promptmm_run
+    metrics = json.loads((run_dir / 'metrics.json').read_text())
+    assert metrics == json.loads(json.dumps(results))
+    assert set(metrics) == {'teacher', 'student'}
+    for entry in metrics.values():
+        assert {'val', 'test', 'epochs', 'train_seconds', 'params'} <= set(
+            entry)
+        for split in ('val', 'test'):
+            assert set(entry[split]) == METRIC_KEYS
+            assert all(isinstance(v, float) and 0 <= v <= 1
+                       for v in entry[split].values())
+        assert isinstance(entry['epochs'], int) and entry['epochs'] == 4
+        assert isinstance(entry['train_seconds'], float)
+        assert entry['train_seconds'] > 0
+        assert isinstance(entry['params'], int)
+    U, I = 160, 120
+    # The served student is nothing but its two id tables.
+    assert metrics['student']['params'] == (U + I) * 32
+    assert metrics['teacher']['params'] > metrics['student']['params']
+
+    config = json.loads((run_dir / 'config.json').read_text())
+    assert TrainConfig.from_dict(config) == trainer.config
+    for name in ('teacher.pt', 'student.pt', 'train_state.pt', 'log.jsonl',
+                 'curves.png'):
+        assert (run_dir / name).is_file(), name
+    records = [json.loads(line) for line in
+               (run_dir / 'log.jsonl').read_text().splitlines()]
+    events = [r['event'] for r in records]
+    assert events[0] == 'start' and events[-1] == 'done'
+    # Test metrics are computed once per stage, never during training.
+    assert [r['stage'] for r in records if r['event'] == 'test'] == [
+        'teacher', 'student']
+    assert all('test' not in r for r in records if r['event'] == 'epoch')
+
+
+def test_selection_on_validation_only(promptmm_run):
+    _, trainer, results = promptmm_run
+    for stage in ('teacher', 'student'):
+        evals = [r for r in trainer.history
+                 if r['stage'] == stage and 'val' in r]
+        scores = [r['val'][SELECT_METRIC] for r in evals]
+        best = evals[scores.index(max(scores))]  # First best epoch wins.
+        assert results[stage]['best_epoch'] == best['epoch']
+        assert results[stage]['val'] == best['val']
+
+
+def test_restored_best_state_gives_reported_metrics(data, promptmm_run):
+    _, trainer, results = promptmm_run
+    student = trainer.modules['student']
+    with torch.no_grad():
+        user, item = student.get_embedding(data)
+    assert evaluate(user, item, data, 'test') == pytest.approx(
+        results['student']['test'])
+    assert evaluate(user, item, data, 'val') == pytest.approx(
+        results['student']['val'])
+
+
+def test_student_beats_random_scores(data, promptmm_run):
+    _, _, results = promptmm_run
+    gen = torch.Generator().manual_seed(0)
+    random = [evaluate(torch.randn(160, 32, generator=gen),
+                       torch.randn(120, 32, generator=gen), data,
+                       'test')['recall@20'] for _ in range(5)]
+    random = sum(random) / len(random)
+    student = results['student']['test']['recall@20']
+    assert student > 1.5 * random, (student, random)
+    assert student > random + 0.1, (student, random)
+
+
+def test_prompt_learns_in_stage2_while_teacher_is_frozen(promptmm_run):
+    run_dir, trainer, _ = promptmm_run
+    stage1 = load_checkpoint(run_dir / 'teacher.pt')['state_dict']
+    teacher = trainer.modules['teacher']
+    after = teacher.state_dict()
+    changed = {k for k in stage1 if not torch.equal(stage1[k], after[k])}
+    prompt_params = {f'prompt.{n}' for n, _ in
+                     teacher.prompt.named_parameters()}
+    assert changed and changed <= prompt_params, changed
+    assert not teacher.training
+    for name, param in teacher.named_parameters():
+        assert param.requires_grad == name.startswith('prompt.'), name
+    tuned = load_checkpoint(run_dir / 'teacher.pt')['tuned_prompt_state_dict']
+    assert all(torch.equal(tuned[k], teacher.prompt.state_dict()[k])
+               for k in tuned)
+
+
+def test_frozen_prompt_option(data):
+    trainer = Trainer(data, tiny_config(epochs=2, prompt_tuning=False),
+                      quiet=True)
+    trainer.fit()
+    teacher = trainer.modules['teacher']
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_recommend_never_returns_seen_items(data, promptmm_run):
+    run_dir, trainer, _ = promptmm_run
+    recommender = load_recommender(run_dir)
+    users = torch.arange(160)
+    top = recommender.recommend(users, k=50)
+    assert top.shape == (160, 50)
+    train = data[EDGE_TYPE].edge_index
+    seen = set(zip(train[0].tolist(), train[1].tolist()))
+    for user, items in zip(users.tolist(), top.tolist()):
+        assert len(set(items)) == 50
+        assert not any((user, i) in seen for i in items)
+    # Exactly the student's own ranking (served from its checkpoint alone).
+    expected = trainer.modules['student'].recommend(data, k=50)
+    assert torch.equal(top, expected)
+
+
+def test_recommend_pads_when_few_items_are_unseen(data, promptmm_run):
+    run_dir, _, _ = promptmm_run
+    recommender = load_recommender(run_dir)
+    train = data[EDGE_TYPE].edge_index
+    user = int(torch.bincount(train[0]).argmax())
+    seen = int((train[0] == user).sum())
+    top = recommender.recommend(torch.tensor([user, user]), k=120)
+    assert (top[:, 120 - seen:] == -1).all()
+    assert (top[:, :120 - seen] >= 0).all()
+
+
+def results_without_time(results):
+    return {model: {k: v for k, v in entry.items() if k != 'train_seconds'}
+            for model, entry in results.items()}
+
+
+RESUME_CONFIG = dict(eval_every=2, patience=10)
+
+
+@pytest.fixture(scope='module')
+def resume_data():
+    return small_data(num_users=100, num_items=80, num_interactions=1600)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(resume_data, tmp_path_factory):
+    trainer = Trainer(resume_data, tiny_config(**RESUME_CONFIG),
+                      run_dir=tmp_path_factory.mktemp('full'), quiet=True)
+    return trainer, trainer.fit()
+
+
+@pytest.mark.parametrize('interrupt_after', [2, 5])
+def test_resume_reaches_the_same_result(resume_data, uninterrupted, tmp_path,
+                                        interrupt_after):
+    # Epochs 1-4 are stage 1, epochs 5-8 stage 2: interrupt in each stage
+    # (a simulated kill right after that epoch's checkpoint).
+    full, expected = uninterrupted
+    config = tiny_config(**RESUME_CONFIG)
+    with pytest.raises(TrainingInterrupted):
+        Trainer(resume_data, config, run_dir=tmp_path, quiet=True).fit(
+            interrupt_after=interrupt_after)
+    state = load_checkpoint(tmp_path / 'train_state.pt')
+    assert (state['stage'], state['epoch']) == (
+        ('teacher', 2) if interrupt_after == 2 else ('student', 1))
+    assert (tmp_path / 'metrics.json').exists() == (interrupt_after > 4)
+
+    resumed = Trainer(resume_data, config, run_dir=tmp_path, quiet=True)
+    got = resumed.fit(resume=True)
+    assert results_without_time(got) == results_without_time(expected)
+    for name in ('teacher', 'student'):
+        a = full.modules[name].state_dict()
+        b = resumed.modules[name].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert [(r['stage'], r['epoch']) for r in resumed.history] == [
+        (r['stage'], r['epoch']) for r in full.history]
+
+
+def test_same_seed_same_metrics_and_other_seed_differs(data):
+    config = tiny_config(model='lightgcn', epochs=3)
+    first = Trainer(data, config, quiet=True).fit()
+    second = Trainer(data, config, quiet=True).fit()
+    other = Trainer(data, config.replace(seed=1), quiet=True).fit()
+    assert results_without_time(first) == results_without_time(second)
+    assert results_without_time(first) != results_without_time(other)
+
+
+def test_early_stopping_and_baselines(data, tmp_path):
+    config = tiny_config(model='lightgcn', epochs=200, patience=2,
+                         lr=1e-3, student_lr=1e-1)
+    results = Trainer(data, config, run_dir=tmp_path / 'lgcn',
+                      quiet=True).fit()
+    entry = results['lightgcn']
+    assert entry['epochs'] < 200
+    assert entry['epochs'] == entry['best_epoch'] + 2
+    assert entry['params'] == (160 + 120) * 32
+    assert (tmp_path / 'lgcn' / 'lightgcn.pt').is_file()
+
+    results = Trainer(data, tiny_config(model='lattice', epochs=2,
+                                        lattice_knn_k=5),
+                      run_dir=tmp_path / 'lattice', quiet=True).fit()
+    assert set(results) == {'lattice'}
+    top = load_recommender(tmp_path / 'lattice').recommend(
+        torch.tensor([0, 1]), k=5)
+    assert top.shape == (2, 5)
+
+
+def test_narrow_student_uses_embedding_kd_heads(data):
+    trainer = Trainer(data, tiny_config(epochs=2, student_dim=8), quiet=True)
+    results = trainer.fit()
+    assert trainer.modules['student'].embedding_dim == 8
+    heads = trainer.modules['emb_kd']
+    assert all(h.head is not None and h.head.weight.shape == (32, 8)
+               for h in heads.values())
+    assert results['student']['params'] == (160 + 120) * 8
+    assert all(math.isfinite(v) for v in results['student']['test'].values())
+
+
+def test_bad_data_is_refused(data):
+    no_features = small_data(modalities={})
+    with pytest.raises(ValueError, match='features'):
+        Trainer(no_features, TrainConfig(model='promptmm'))
+    Trainer(no_features, TrainConfig(model='lightgcn'))  # Fine without.
+    no_val = small_data(num_val_per_user=0)
+    with pytest.raises(ValueError, match='validation'):
+        Trainer(no_val, TrainConfig(model='lightgcn'))
