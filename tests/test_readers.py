@@ -210,6 +210,11 @@ BAD_PROMPTMM = {
                   'train.json', 'user "0"', 'true is not an integer'),
     'item_negative': (break_json('train.json', {'0': [0], '1': [-4]}),
                       'train.json', 'user "1"', '-4 is a negative'),
+    'item_too_big': (break_json('train.json', {'0': [0, 2**64], '1': [2]}),
+                     'train.json', 'user "0"', f'{2**64} does not fit'),
+    'user_key_twice': (lambda r: json_text(r / 'val.json',
+                                           '{"0": [2], "1": [], "0": [1]}'),
+                       'val.json', 'user key', '"0" appears more than once'),
     'items_not_a_list': (break_json('train.json', {'0': 5, '1': [2]}),
                          'train.json', 'user "0"', 'got 5'),
     'item_beyond_features': (break_json('test.json', {'1': [3]}),
@@ -273,6 +278,8 @@ BAD_MMREC = {
     'item_float': (lambda r: write_inter(r, 'toy', [(0, 1.5, 0)] +
                                          GOOD_INTER), 'itemID',
                    "'1.5' on line 2"),
+    'item_too_big': (lambda r: write_inter(r, 'toy', GOOD_INTER + [
+        (0, 2**64, 0)]), 'itemID', f"'{2**64}' on line 7"),
     'item_negative': (lambda r: write_inter(r, 'toy', GOOD_INTER + [
         (1, -2, 0)]), 'itemID', 'negative id -2 on line 7'),
     'label_out_of_range': (lambda r: write_inter(r, 'toy', GOOD_INTER + [

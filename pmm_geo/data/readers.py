@@ -10,7 +10,8 @@ r"""Readers for the on-disk formats multimodal recommenders already use.
 Both return the :class:`~torch_geometric.data.HeteroData` of
 :func:`pmm_geo.data.from_arrays`, and raise
 :class:`pmm_geo.data.DataFormatError` (naming the file, the field and the
-offending value) for malformed input.
+offending value) for malformed input. :func:`write_promptmm` and
+:func:`write_mmrec` write a dataset back in either format.
 """
 import json
 import os
@@ -201,7 +202,7 @@ def _read_json_split(path: str,
                               f"test.json)")
     try:
         with open(path, 'r', encoding='utf-8') as f:
-            obj = json.load(f)
+            obj = json.load(f, object_pairs_hook=_unique_keys(path))
     except json.JSONDecodeError as e:
         raise DataFormatError(path, split, f'malformed JSON at line '
                               f'{e.lineno}, column {e.colno}: {e.msg}'
@@ -226,8 +227,12 @@ def _read_json_split(path: str,
     if not all(type(item) is int for item in flat):
         _raise_bad_item(obj, path, lambda item: type(item) is not int,
                         'is not an integer item id')
-    items = np.array(flat, dtype=np.int64) if flat else np.empty(
-        0, dtype=np.int64)
+    try:
+        items = np.array(flat, dtype=np.int64) if flat else np.empty(
+            0, dtype=np.int64)
+    except OverflowError:
+        _raise_bad_item(obj, path, lambda item: abs(item) >= 2**63,
+                        'does not fit a 64-bit integer')
     if (items < 0).any():
         _raise_bad_item(obj, path, lambda item: item < 0,
                         'is a negative item id')
@@ -235,11 +240,28 @@ def _read_json_split(path: str,
     return users, items, max(keys, default=-1)
 
 
+def _unique_keys(path: str):
+    # json keeps the last of repeated keys silently: a user's list would
+    # vanish.
+    def hook(pairs):
+        obj = dict(pairs)
+        if len(obj) < len(pairs):
+            seen = set()
+            key = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise DataFormatError(path, 'user key', f'"{key}" appears more '
+                                  f'than once')
+        return obj
+    return hook
+
+
 def _parse_user_key(key: str, path: str) -> int:
     # JSON object keys are always strings: accept only plain decimal ones.
     if not (key.isascii() and key.isdigit()):
         what = 'a negative' if key.lstrip('-').isdigit() else 'not an integer'
         raise DataFormatError(path, 'user key', f'"{key}" is {what} user id')
+    if len(key.lstrip('0')) > 18:
+        raise DataFormatError(path, 'user key', f'"{key}" does not fit a '
+                              f'64-bit integer')
     return int(key)
 
 
@@ -275,7 +297,7 @@ def _read_inter(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     for col in _INTER_COLUMNS:
         if col not in header:
             raise DataFormatError(path, col, f"missing column '{col}' in "
-                                  f"the header {lines[0]!r}")
+                                  f"the tab-separated header {lines[0]!r}")
         columns[col] = header.index(col)
 
     line_nos, rows = [], []
@@ -305,7 +327,9 @@ def _read_inter(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _is_int(value: str) -> bool:
     value = value.strip()
     value = value[1:] if value.startswith('-') else value
-    return value.isascii() and value.isdigit()
+    # Up to 18 significant digits always fits int64.
+    return (value.isascii() and value.isdigit() and
+            len(value.lstrip('0')) <= 18)
 
 
 def _int_column(path: str, col: str, values: List[str],
@@ -313,7 +337,7 @@ def _int_column(path: str, col: str, values: List[str],
     bad = next((i for i, v in enumerate(values) if not _is_int(v)), None)
     if bad is not None:
         raise DataFormatError(path, col, f'{values[bad]!r} on line '
-                              f'{line_nos[bad]} is not an integer')
+                              f'{line_nos[bad]} is not a 64-bit integer')
     out = np.array([int(v) for v in values], dtype=np.int64)
     if (out < 0).any():
         i = int((out < 0).nonzero()[0][0])

@@ -19,9 +19,13 @@ from .hetero import from_arrays
 # Spread of the per-user activity (log-normal): a few heavy users, many
 # light ones, as in the Amazon data.
 _ACTIVITY_SIGMA = 0.8
+# Variance of the true user-item logits: strong enough to plant preferences,
+# soft enough that users do not all pick the same items.
+_LOGIT_VARIANCE = 4.0
 # Users per chunk when sampling: bounds the [chunk, num_items] score matrix.
 _CHUNK_ELEMENTS = 1 << 24
-# Rounds of drawing more with replacement before the exact fallback.
+# Rounds of drawing more with replacement before the exponential-race
+# fallback.
 _MAX_EXTENSIONS = 3
 
 
@@ -58,22 +62,27 @@ def synthetic(
     r"""Generates a multimodal recommendation dataset with planted structure.
 
     .. math::
-        \mathbf{p}_u, \mathbf{q}_i &\sim \mathcal{N}(0, k^{-1/2}\mathbf{I}_k)
-        \cdot \sqrt{c}, \qquad \pi_i \propto \mathrm{rank}(i)^{-1}
+        \mathbf{p}_u, \mathbf{q}_i &\sim \mathcal{N}(\mathbf{0},
+        \sqrt{4 / k}\, \mathbf{I}_k), \qquad
+        \pi_i \propto \mathrm{rank}(i)^{-1}
 
         P(i \mid u) &\propto \exp(\mathbf{p}_u^{\top}\mathbf{q}_i +
         s \log \pi_i)
 
-        \mathbf{X}_m &= \tanh(\mathbf{Q}\mathbf{W}^{(1)}_m)
-        \mathbf{W}^{(2)}_m + \sigma \boldsymbol{\epsilon}
+        \mathbf{X}_m &= \mathrm{standardize}\big(\tanh(\mathbf{Q}
+        \mathbf{W}^{(1)}_m) \mathbf{W}^{(2)}_m\big) + \sigma
+        \boldsymbol{\epsilon}
 
-    Each user draws its items without replacement (Gumbel top-:math:`k`,
-    vectorized over chunks of users) and a log-normal number of them (at
-    least :obj:`num_val_per_user + num_test_per_user + 1`); a random
-    :obj:`num_test_per_user` of them go to test, :obj:`num_val_per_user` to
-    validation and the rest to train. Feature columns have unit signal
-    variance, so :obj:`feature_noise` is the noise-to-signal ratio. Nothing
-    is printed.
+    with random Gaussian :math:`\mathbf{W}^{(1)}_m, \mathbf{W}^{(2)}_m`
+    (the popularity ranks are a random permutation of the items, and the
+    true logits have a standard deviation of about 2). Each user gets a
+    log-normal number of items (at least
+    :obj:`num_val_per_user + num_test_per_user + 1`, at most half the items)
+    drawn without replacement from :math:`P(i \mid u)`, vectorized over
+    chunks of users; a random :obj:`num_test_per_user` of them go to test,
+    :obj:`num_val_per_user` to validation and the rest to train. Signal
+    columns have zero mean and unit variance, so :obj:`feature_noise` is the
+    noise-to-signal ratio. Nothing is printed.
 
     Args:
         num_users (int, optional): Number of users (before :obj:`scale`).
@@ -115,10 +124,7 @@ def synthetic(
                      num_val_per_user, num_test_per_user)
     gen = torch.Generator().manual_seed(seed)
 
-    # Dot products of std ~ sqrt(signal): strong enough to plant
-    # preferences, soft enough that users do not all pick the same items.
-    signal = 4.0
-    std = (signal / dim_latent)**0.25
+    std = (_LOGIT_VARIANCE / dim_latent)**0.25
     user = torch.randn(num_users, dim_latent, generator=gen) * std
     item = torch.randn(num_items, dim_latent, generator=gen) * std
     rank = torch.randperm(num_items, generator=gen) + 1.0
@@ -232,9 +238,9 @@ def _sample_interactions(factors: SyntheticFactors, degree: Tensor,
     """
     num_users, num_items = factors.user.size(0), factors.item.size(0)
     chunk = max(1, _CHUNK_ELEMENTS // num_items)
-    # Per-user upper bound of the logits (Cauchy-Schwarz) so exp() cannot
-    # overflow; multinomial needs no normalization.
-    # The bound rides along in the matmul as an extra latent dimension.
+    # Subtracting a per-user upper bound of the logits (Cauchy-Schwarz)
+    # keeps exp() from overflowing (multinomial needs no normalization); it
+    # rides along in the matmul as an extra latent dimension.
     bound = (factors.user.norm(dim=1) * factors.item.norm(dim=1).max() +
              factors.popularity_skew * factors.log_popularity.max())
     user = torch.cat([factors.user, -bound.unsqueeze(1)], dim=1)
@@ -272,9 +278,12 @@ def _first_distinct_draws(weight: Tensor, count: Tensor,
     without replacement, for every row :obj:`r` (padded with :obj:`-1`).
 
     The first :obj:`count[r]` distinct items of an i.i.d. draw sequence are
-    such a sample; a row whose sequence is still short of distinct items
-    after a few extensions (a heavy user with a peaked distribution) falls
-    back to the exponential race, which costs one random number per item.
+    such a sample, and cost :math:`O(I)` per row in
+    :meth:`torch.multinomial`. A row whose sequence is still short of
+    distinct items after a few extensions (a heavy user with a peaked
+    distribution) is redrawn with the exponential race instead, which is
+    exact too but costs one random number per item (choosing the method
+    after the fact biases such rare rows negligibly).
     """
     num_rows, k = weight.size(0), int(count.max())
     draws = torch.multinomial(weight, 2 * k + 8, replacement=True,
