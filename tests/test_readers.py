@@ -115,9 +115,9 @@ def test_read_mmrec_without_held_out_rows(tmp_path):
 
 @pytest.mark.parametrize('fmt', ['promptmm', 'mmrec'])
 def test_round_trip(tmp_path, synthetic_data, fmt):
-    if fmt == 'promptmm':
-        write_promptmm(synthetic_data, str(tmp_path))
-        data = read_promptmm(str(tmp_path))
+    if fmt == 'promptmm':  # pathlib paths, a folder still to be created.
+        write_promptmm(synthetic_data, tmp_path / 'new')
+        data = read_promptmm(tmp_path / 'new')
     else:
         write_mmrec(synthetic_data, str(tmp_path), 'synth')
         data = read_mmrec(str(tmp_path), 'synth')

@@ -34,7 +34,7 @@ def assert_disjoint(data):
 
 
 def test_scientific():
-    data = read_promptmm(str(SHARED_DATA / 'scientific'))
+    data = read_promptmm(SHARED_DATA / 'scientific')  # A Path.
     assert data['user'].num_nodes == 2928
     assert data['item'].num_nodes == 1585
     assert split_sizes(data) == (13763, 2902, 2903)

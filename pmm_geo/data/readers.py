@@ -18,7 +18,7 @@ import os
 import os.path as osp
 from glob import escape, glob
 from itertools import chain
-from typing import Dict, List, Tuple
+from typing import Dict, List, Tuple, Union
 
 import numpy as np
 from torch_geometric.data import HeteroData
@@ -38,9 +38,10 @@ _MODALITY_ORDER = ('image', 'text', 'audio')
 # Names that would clash with node-store attributes of HeteroData.
 _RESERVED_NAMES = ('num_nodes', 'x', 'node_type', 'batch', 'ptr')
 _X_LABELS = {0: 'train', 1: 'val', 2: 'test'}
+PathLike = Union[str, os.PathLike]
 
 
-def read_promptmm(root: str) -> HeteroData:
+def read_promptmm(root: PathLike) -> HeteroData:
     r"""Reads a dataset in the LATTICE / MMSSL / PromptMM on-disk format.
 
     :obj:`root` holds :obj:`train.json`, :obj:`val.json` and
@@ -59,7 +60,7 @@ def read_promptmm(root: str) -> HeteroData:
     all-zero feature rows are kept with a warning.
 
     Args:
-        root (str): The dataset folder.
+        root (str or os.PathLike): The dataset folder.
 
     Raises:
         DataFormatError: For a missing or malformed file, ids that are not
@@ -68,7 +69,7 @@ def read_promptmm(root: str) -> HeteroData:
             train split, or a held-out positive that is also a train
             interaction.
     """
-    _check_folder(root)
+    root = _check_folder(root)
     splits, sources, max_user = {}, {}, -1
     for split in SPLITS:
         path = osp.join(root, f'{split}.json')
@@ -87,7 +88,7 @@ def read_promptmm(root: str) -> HeteroData:
                        sources=sources)
 
 
-def read_mmrec(root: str, name: str) -> HeteroData:
+def read_mmrec(root: PathLike, name: str) -> HeteroData:
     r"""Reads a dataset in the `MMRec <https://github.com/enoche/MMRec>`_
     format.
 
@@ -105,7 +106,7 @@ def read_mmrec(root: str, name: str) -> HeteroData:
     plus one without feature files.
 
     Args:
-        root (str): The dataset folder.
+        root (str or os.PathLike): The dataset folder.
         name (str): The dataset name, i.e. the stem of the :obj:`.inter`
             file (e.g. :obj:`"baby"` for :obj:`baby.inter`).
 
@@ -113,7 +114,7 @@ def read_mmrec(root: str, name: str) -> HeteroData:
         DataFormatError: As :func:`read_promptmm`, plus a missing column or
             an :obj:`x_label` outside 0, 1, 2.
     """
-    _check_folder(root)
+    root = _check_folder(root)
     path = osp.join(root, f'{name}.inter')
     users, items, labels = _read_inter(path)
     splits = {split: np.stack([users[labels == label],
@@ -128,7 +129,7 @@ def read_mmrec(root: str, name: str) -> HeteroData:
                        sources=sources)
 
 
-def write_promptmm(data: HeteroData, root: str) -> None:
+def write_promptmm(data: HeteroData, root: PathLike) -> None:
     r"""Writes :obj:`data` in the format :func:`read_promptmm` reads:
     :obj:`train.json`, :obj:`val.json`, :obj:`test.json` (every user a key,
     possibly with an empty list) and one :obj:`<modality>_feat.npy` per
@@ -137,7 +138,8 @@ def write_promptmm(data: HeteroData, root: str) -> None:
 
     Args:
         data (HeteroData): A pmm_geo dataset.
-        root (str): The folder to write into (created if needed).
+        root (str or os.PathLike): The folder to write into (created if
+            needed).
     """
     os.makedirs(root, exist_ok=True)
     num_users = data['user'].num_nodes
@@ -151,14 +153,15 @@ def write_promptmm(data: HeteroData, root: str) -> None:
     _write_features(data, root)
 
 
-def write_mmrec(data: HeteroData, root: str, name: str) -> None:
+def write_mmrec(data: HeteroData, root: PathLike, name: str) -> None:
     r"""Writes :obj:`data` in the format :func:`read_mmrec` reads:
     :obj:`<name>.inter` with columns :obj:`userID`, :obj:`itemID`,
     :obj:`x_label` and one :obj:`<modality>_feat.npy` per item modality.
 
     Args:
         data (HeteroData): A pmm_geo dataset.
-        root (str): The folder to write into (created if needed).
+        root (str or os.PathLike): The folder to write into (created if
+            needed).
         name (str): The dataset name (the stem of the :obj:`.inter` file).
     """
     os.makedirs(root, exist_ok=True)
@@ -186,10 +189,12 @@ def _write_features(data: HeteroData, root: str) -> None:
 # JSON splits #################################################################
 
 
-def _check_folder(root: str) -> None:
+def _check_folder(root: PathLike) -> str:
+    root = os.fspath(root)
     if not osp.isdir(root):
-        raise DataFormatError(str(root), 'root',
+        raise DataFormatError(root, 'root',
                               f"dataset folder '{root}' does not exist")
+    return root
 
 
 def _read_json_split(path: str,
