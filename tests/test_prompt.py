@@ -48,7 +48,7 @@ def test_pca_matches_svd_up_to_sign_and_follows_sign_convention():
 def test_pca_randomized_path_matches_exact(monkeypatch):
     x = low_rank_features(300, 80, rank=8)
     exact = pca(x, 6)
-    monkeypatch.setattr(prompt_module, 'EXACT_PCA_MAX_RANK', 10)
+    monkeypatch.setattr(prompt_module, 'EXACT_PCA_MAX_DIM', 10)
     randomized = pca(x, 6)
     assert torch.allclose(randomized, exact, atol=1e-3 * exact.abs().max())
     assert torch.equal(pca(x, 6), randomized)  # Seeded: repeatable.
@@ -145,9 +145,11 @@ def test_prompted_projector_matches_dense_computation():
     assert out.shape == (9, 4)
     assert torch.allclose(out.double(), dense_projector(projector, x, prompt),
                           atol=1e-5)
-    # The factorized form (stage 2) gives the same result.
-    factorized = projector.forward_factorized(x, projector.lin(x), prompt)
-    assert torch.allclose(factorized, out, atol=1e-5)
+    # The explicit I x d_m form gives the same result.
+    explicit = projector.lin(x + 0.3 * projector.prompt_features(x, prompt))
+    assert torch.allclose(out, explicit, atol=1e-5)
+    # A precomputed W x + b (a frozen projector in stage 2) too.
+    assert torch.allclose(projector(x, prompt, projector.lin(x)), out)
     # Without a prompt (or beta = 0) it is a plain linear map.
     assert torch.allclose(projector(x, None), projector.lin(x))
     # Dropout is active in train mode only.
@@ -156,14 +158,34 @@ def test_prompted_projector_matches_dense_computation():
     assert repr(projector) == 'PromptedProjector(6, 4, dropout=0.5, beta=0.3)'
 
 
+def test_prompted_projector_gradients_match_explicit_form():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 7, generator=gen)
+    prompt = torch.randn(12, 3, generator=gen, requires_grad=True)
+    projector = PromptedProjector(7, 3, beta=0.8)
+    target = torch.randn(12, 3, generator=gen)
+
+    def grads(out):
+        projector.zero_grad()
+        prompt.grad = None
+        (out - target).square().sum().backward()
+        return [prompt.grad.clone(), projector.lin.weight.grad.clone(),
+                projector.lin.bias.grad.clone()]
+
+    implicit = grads(projector(x, prompt))
+    explicit = grads(projector.lin(x + 0.8 * projector.prompt_features(
+        x, prompt)))
+    for a, b in zip(implicit, explicit):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_prompted_projector_zero_feature_rows_are_finite():
     x = torch.randn(6, 5)
     x[2] = 0.  # An item without this modality.
     prompt = torch.randn(6, 3, requires_grad=True)
     projector = PromptedProjector(5, 3, beta=1.0)
     for forward in (lambda: projector(x, prompt),
-                    lambda: projector.forward_factorized(
-                        x, projector.lin(x), prompt)):
+                    lambda: projector(x, prompt, projector.lin(x))):
         out = forward()
         assert torch.isfinite(out).all()
         # The zero row still gets the prompt smoothing of the other items.

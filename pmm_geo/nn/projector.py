@@ -25,7 +25,8 @@ class PromptedProjector(Module):
 
     :math:`\mathbf{P}_i (\mathbf{P}_i^{\top} \mathbf{X}_m)` is a rank-:math:`d`
     smoothing of the features, computed right to left (cost
-    :math:`O(I \cdot d \cdot d_m)`, never an :math:`I \times I` matrix).
+    :math:`O(I \cdot d \cdot d_m)`): never an :math:`I \times I` matrix, and
+    not even an :math:`I \times d_m` one (see :meth:`forward`).
 
     Args:
         in_channels (int): Feature width :math:`d_m`.
@@ -60,46 +61,58 @@ class PromptedProjector(Module):
 
     def prompt_features(self, x: Tensor, prompt: Tensor) -> Tensor:
         r"""Returns :math:`\mathrm{rownorm}(\mathbf{P}_i (\mathbf{P}_i^{\top}
-        \mathbf{X}_m))`, shape :math:`(I, d_m)`."""
+        \mathbf{X}_m))` explicitly, shape :math:`(I, d_m)` (for inspection;
+        :meth:`forward` never builds it)."""
         return F.normalize(prompt @ (prompt.t() @ x), dim=-1, eps=NORM_EPS)
 
-    def forward(self, x: Tensor, prompt: Optional[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, prompt: Optional[Tensor],
+                projected: Optional[Tensor] = None) -> Tensor:
         r"""Args:
             x (torch.Tensor): Item features :math:`(I, d_m)`.
             prompt (torch.Tensor, optional): Item prompts :math:`(I, d)`
                 (:obj:`None` or :obj:`beta=0` skips the prompt term).
+            projected (torch.Tensor, optional): :math:`\mathbf{W}_m
+                \mathbf{X}_m + \mathbf{b}_m` when already known (a frozen
+                projector in stage 2). (default: :obj:`None`)
+
+        The prompt term is computed without any :math:`I \times d_m`
+        intermediate: row scaling commutes with :math:`\mathbf{W}_m`, so
+        with :math:`\mathbf{M} = \mathbf{P}_i^{\top} \mathbf{X}_m`
+        (:math:`d \times d_m`)
+
+        .. math::
+            \mathbf{W}_m \mathrm{rownorm}(\mathbf{P}_i \mathbf{M}) =
+            \frac{\mathbf{P}_i (\mathbf{M} \mathbf{W}_m^{\top})}
+            {\|\mathbf{P}_i \mathbf{M}\|_{\mathrm{row}}}, \qquad
+            \|\mathbf{p} \mathbf{M}\|^2 = \mathbf{p} (\mathbf{M}
+            \mathbf{M}^{\top}) \mathbf{p}^{\top}
+
+        (the :math:`d \times d` Gram matrix and the quadratic forms in
+        float64, so no cancellation). Two passes over :math:`\mathbf{X}_m`
+        (one when :obj:`projected` is given) instead of three, and autograd
+        keeps only :math:`(I, d)` tensors.
         """
         if x.dim() != 2 or x.size(-1) != self.in_channels:
             raise ValueError(f"Expected features of shape [num_items, "
                              f"{self.in_channels}], got {list(x.shape)}")
+        if projected is None:
+            projected = self.lin(x)
         if prompt is not None and self.beta != 0.:
             if prompt.size(0) != x.size(0):
                 raise ValueError(f"'prompt' has {prompt.size(0)} rows but "
                                  f"'x' has {x.size(0)}")
-            x = x + self.beta * self.prompt_features(x, prompt)
-        return self.dropout(self.lin(x))
+            projected = projected + self.beta * self._prompt_term(x, prompt)
+        return self.dropout(projected)
 
-    def forward_factorized(self, x: Tensor, projected: Tensor,
-                           prompt: Tensor) -> Tensor:
-        r"""Same result as :meth:`forward` given the prompt-independent part
-        :obj:`projected` :math:`= \mathbf{W}_m \mathbf{X}_m + \mathbf{b}_m`,
-        without any :math:`I \times d_m` intermediate: with
-        :math:`\mathbf{M} = \mathbf{P}_i^{\top} \mathbf{X}_m`, the prompt
-        term is :math:`(\mathbf{P}_i \mathbf{M} \mathbf{W}_m^{\top}) /
-        \|\mathbf{P}_i \mathbf{M}\|_{\mathrm{row}}`, where the row norms come
-        from the :math:`d \times d` Gram matrix :math:`\mathbf{M}
-        \mathbf{M}^{\top}`. One pass over :math:`\mathbf{X}_m` instead of
-        three, and autograd stores only :math:`(I, d)` tensors (stage 2 of
-        the distillation, with the projector frozen)."""
-        if self.beta == 0.:
-            return self.dropout(projected)
+    def _prompt_term(self, x: Tensor, prompt: Tensor) -> Tensor:
         moment = prompt.t() @ x  # [d, d_m]
-        gram = moment @ moment.t()  # [d, d]
-        sq_norm = ((prompt @ gram) * prompt).sum(dim=-1, keepdim=True)
-        # clamp_min before sqrt: zero gradient (not NaN) at zero-norm rows.
-        norm = sq_norm.clamp_min(NORM_EPS**2).sqrt()
-        numerator = prompt @ (moment @ self.lin.weight.t())  # [I, d]
-        return self.dropout(projected + self.beta * numerator / norm)
+        gram = moment.double() @ moment.double().t()  # [d, d]
+        p64 = prompt.double()
+        sq_norm = ((p64 @ gram) * p64).sum(dim=-1, keepdim=True)
+        # clamp_min before sqrt: zero gradient (not NaN) at zero-norm rows,
+        # the same guard as F.normalize(eps=NORM_EPS).
+        norm = sq_norm.clamp_min(NORM_EPS**2).sqrt().to(prompt.dtype)
+        return prompt @ (moment @ self.lin.weight.t()) / norm
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '

@@ -1,4 +1,4 @@
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Mapping, Tuple
 
 import torch
 from torch import Tensor
@@ -7,10 +7,13 @@ from torch.nn import Dropout, Linear, Module
 from ..data.adjacency import as_adjacency
 from .conv import BipartiteConv
 
-# Exact SVD (in float64) up to this many columns/rows; beyond it a seeded
-# randomized SVD (Halko et al., 2009), as sklearn's PCA does on big inputs
-# (a 21k x 4096 exact SVD takes minutes on a CPU).
-EXACT_PCA_MAX_RANK = 1024
+# Up to this feature width the principal axes come exactly from the float64
+# covariance (d_m x d_m eigendecomposition, O(I d_m^2)); wider features use a
+# seeded randomized SVD (Halko et al., 2009), O(I d_m k), as sklearn's PCA
+# does on big inputs (an exact 21k x 4096 decomposition takes minutes).
+EXACT_PCA_MAX_DIM = 2048
+# Rows per chunk when accumulating the covariance (bounds the float64 copy).
+_COV_CHUNK_ROWS = 1 << 12
 
 
 def pca(x: Tensor, num_components: int, oversample: int = 10,
@@ -19,9 +22,9 @@ def pca(x: Tensor, num_components: int, oversample: int = 10,
     \mathbf{V}_k` of the rows of :obj:`x`, with a fixed sign convention:
     in every component (column of :math:`\mathbf{V}_k`) the loading of
     largest magnitude is positive. Deterministic for a given input, device
-    and :obj:`seed`. Components beyond the rank of the input (fewer rows or
-    columns than :obj:`num_components`) and scores of a zero-variance input
-    are zeros.
+    and :obj:`seed`. Columns beyond :math:`\min(N, F)` (an input narrower
+    or shorter than :obj:`num_components`) and the scores of a
+    zero-variance input are zeros.
 
     Args:
         x (torch.Tensor): Features :math:`(N, F)`.
@@ -46,24 +49,29 @@ def pca(x: Tensor, num_components: int, oversample: int = 10,
     if k == 0:
         return out
     x = x.detach()
-    mean = x.mean(dim=0, keepdim=True)
-    if min(num_rows, num_cols) <= EXACT_PCA_MAX_RANK:
-        xc = x.double() - mean.double()
-        basis = torch.linalg.svd(xc, full_matrices=False).Vh[:k].t()
+    mean = x.double().mean(dim=0, keepdim=True)
+    if num_cols <= EXACT_PCA_MAX_DIM:
+        basis = _covariance_basis(x, mean, k)
     else:
-        xc = None
-        basis = _randomized_basis(x, mean, k, oversample, num_iters, seed)
-    # Fixed signs: same result whatever the SVD backend returns.
+        basis = _randomized_basis(x, mean.to(x.dtype), k, oversample,
+                                  num_iters, seed)
+    # Fixed signs: same result whatever the decomposition returns.
     pivot = basis.abs().argmax(dim=0)
     sign = basis.gather(0, pivot.view(1, -1)).sign()
     basis = basis * torch.where(sign == 0, torch.ones_like(sign), sign)
-    if xc is not None:
-        scores = xc @ basis
-    else:
-        basis = basis.to(x.dtype)
-        scores = x @ basis - mean @ basis
-    out[:, :k] = scores.to(out.dtype)
+    for chunk, rows in zip(x.split(_COV_CHUNK_ROWS),
+                           out.split(_COV_CHUNK_ROWS)):
+        rows[:, :k] = ((chunk.double() - mean) @ basis).to(out.dtype)
     return out
+
+
+def _covariance_basis(x: Tensor, mean: Tensor, k: int) -> Tensor:
+    cov = mean.new_zeros(x.size(1), x.size(1))
+    for chunk in x.split(_COV_CHUNK_ROWS):
+        centred = chunk.double() - mean
+        cov += centred.t() @ centred
+    # eigh sorts eigenvalues ascending: the top-k axes are the last columns.
+    return torch.linalg.eigh(cov).eigenvectors.flip(-1)[:, :k]
 
 
 def _randomized_basis(x: Tensor, mean: Tensor, k: int, oversample: int,
@@ -84,7 +92,7 @@ def _randomized_basis(x: Tensor, mean: Tensor, k: int, oversample: int,
         q = torch.linalg.qr(times_t(q)).Q
         q = torch.linalg.qr(times(q)).Q
     small = times_t(q).t().double()  # [q_cols, F] = Q^T (x - 1 mean)
-    return torch.linalg.svd(small, full_matrices=False).Vh[:k].t()
+    return torch.linalg.svd(small, full_matrices=False).Vh[:k].t().double()
 
 
 class PromptLearner(Module):

@@ -285,12 +285,8 @@ class MultimodalTeacher(Module):
 
         modal_user, modal_item = {}, {}
         for m, x in features.items():
-            projector = self.projectors[m]
-            if cache is None:
-                projected = projector(x, item_prompt)
-            else:
-                projected = projector.forward_factorized(
-                    x, cache.projected[m], item_prompt)
+            projected = self.projectors[m](
+                x, item_prompt, None if cache is None else cache.projected[m])
             modal_user[m], modal_item[m] = self._modal_branch(adj, projected)
 
         if self.gamma != 0.:
@@ -376,8 +372,7 @@ class MultimodalTeacher(Module):
         per modality and the propagated id embeddings :math:`\frac{1}{L+1}
         \sum_l \hat{\mathbf{A}}^l \mathbf{E}`. Later forward passes on the
         same graph and features give the same result as without the cache,
-        at about a third of the cost in the projectors and without
-        :math:`I \times d_m` activations. The cache is refused in train mode
+        with one pass over each :math:`\mathbf{X}_m` instead of two. The cache is refused in train mode
         and invalidated (an error) if any non-prompt weight changes; drop it
         with :meth:`clear_cache`."""
         if self.training:
