@@ -17,8 +17,8 @@ class RankingIndex(NamedTuple):
     r"""What full ranking needs from the data for one split, with users
     renumbered :obj:`0..num_eval_users-1` (only users with held-out items)."""
     users: Tensor  # [V] global ids of the evaluated users, ascending.
-    exclude_ptr: Tensor  # [V + 1] CSR row pointer into exclude_item.
-    exclude_item: Tensor  # Items to mask, grouped by local user.
+    exclude_ptr: Tensor  # [V + 1] CSR row pointer into exclude_keys.
+    exclude_keys: Tensor  # Sorted local_user * I + item of masked items.
     target_keys: Tensor  # Sorted local_user * I + item of held-out items.
     target_count: Tensor  # [V] held-out items per evaluated user.
 
@@ -56,7 +56,7 @@ def ranking_index(data, split: str = 'test') -> RankingIndex:
     target_keys = torch.unique(local[target[0]] * num_items + target[1])
     target_count = torch.bincount(target_keys // num_items,
                                   minlength=users.numel())
-    return RankingIndex(users, exclude_ptr, exclude_keys % num_items,
+    return RankingIndex(users, exclude_ptr, exclude_keys,
                         target_keys, target_count)
 
 
@@ -167,30 +167,42 @@ def evaluate(
     batch_size = int(batch_size)
 
     index = get_ranking_index(data, split, user_emb.device)
-    hits = [
-        _hits(top, index, start, num_items)
-        for start, top in _ranked_chunks(user_emb, item_emb, index, max(ks),
-                                         batch_size)
-    ]
-    return _metrics(torch.cat(hits, dim=0), index.target_count, ks,
-                    legacy_ndcg)
+    # Per chunk only the matmul, the masking and the top-k (written in place
+    # into the full result); the hit test runs once over all
+    # [num_eval_users, max(ks)] results, keeping kernel launches few.
+    max_k, num_eval = max(ks), index.users.numel()
+    values = user_emb.new_empty(num_eval, max_k)
+    indices = torch.empty(num_eval, max_k, dtype=torch.long,
+                          device=user_emb.device)
+    for start, scores in _masked_scores(user_emb, item_emb, index,
+                                        batch_size):
+        end = start + scores.size(0)
+        torch.topk(scores, max_k, dim=1, out=(values[start:end],
+                                               indices[start:end]))
+        del scores  # Else two chunks are alive during the next matmul.
+    hits = _hits(values, indices, index, num_items)
+    return _metrics(hits, index.target_count, ks, legacy_ndcg)
 
 
-def _ranked_chunks(user_emb: Tensor, item_emb: Tensor, index: RankingIndex,
-                   k: int, batch_size: int):
-    r"""Yields :obj:`(start, topk)` for each chunk of evaluated users
-    :obj:`index.users[start:start + batch_size]`: the top-:obj:`k` of their
-    scores over all items, excluded items masked with :obj:`-inf`."""
+def _masked_scores(user_emb: Tensor, item_emb: Tensor, index: RankingIndex,
+                   batch_size: int):
+    r"""Yields :obj:`(start, scores)` for each chunk of evaluated users
+    :obj:`index.users[start:start + batch_size]`: their scores over all
+    items :obj:`[chunk, num_items]`, excluded items masked with
+    :obj:`-inf`. The chunk is freed before the next one is computed."""
     num_items = item_emb.size(0)
     item_emb_t = item_emb.detach().t()
     num_eval = index.users.numel()
+    if num_eval == user_emb.size(0):  # Every user is evaluated: no gather.
+        eval_emb = user_emb.detach()
+    else:  # One gather of the evaluated rows ([num_eval, d], small).
+        eval_emb = user_emb.detach().index_select(0, index.users)
     for start in range(0, num_eval, batch_size):
         end = min(start + batch_size, num_eval)
-        scores = user_emb.detach()[index.users[start:end]] @ item_emb_t
+        scores = eval_emb[start:end] @ item_emb_t
         _mask_(scores, index, start, end, num_items)
-        top = torch.topk(scores, k, dim=1)
+        yield start, scores
         del scores  # Free the chunk before the next one is allocated.
-        yield start, top
 
 
 def _mask_(scores: Tensor, index: RankingIndex, start: int, end: int,
@@ -199,22 +211,20 @@ def _mask_(scores: Tensor, index: RankingIndex, start: int, end: int,
     lo, hi = int(ptr[start]), int(ptr[end])
     if hi == lo:
         return
-    counts = ptr[start + 1:end + 1] - ptr[start:end]
-    rows = torch.repeat_interleave(
-        torch.arange(end - start, device=scores.device), counts,
-        output_size=hi - lo)
-    flat = rows * num_items + index.exclude_item[lo:hi]
+    # Keys of this chunk's rows, shifted to flat offsets into the chunk.
+    flat = index.exclude_keys[lo:hi] - start * num_items
     scores.view(-1).index_fill_(0, flat, float('-inf'))
 
 
-def _hits(top, index: RankingIndex, start: int, num_items: int) -> Tensor:
-    rows = torch.arange(start, start + top.indices.size(0),
-                        device=top.indices.device).view(-1, 1)
-    keys = rows * num_items + top.indices
+def _hits(values: Tensor, indices: Tensor, index: RankingIndex,
+          num_items: int) -> Tensor:
+    r"""Boolean :obj:`[num_eval_users, k]`: is the ranked item held out?"""
+    rows = torch.arange(indices.size(0), device=indices.device)
+    keys = indices.add_(rows.view(-1, 1) * num_items)  # In place: no copy.
     pos = torch.searchsorted(index.target_keys, keys)
     pos = pos.clamp_(max=index.target_keys.numel() - 1)
     # An excluded item (score -inf) is never a hit, whatever the data says.
-    return (index.target_keys[pos] == keys) & (top.values > float('-inf'))
+    return (index.target_keys[pos] == keys) & (values > float('-inf'))
 
 
 def _discount(n: int, device: torch.device) -> Tensor:
@@ -265,7 +275,9 @@ def _check_embeddings(user_emb: Tensor, item_emb: Tensor, num_users: int,
         if not emb.is_floating_point():
             raise ValueError(f"'{name}' must be floating point, got "
                              f"{emb.dtype}")
-        if not bool(torch.isfinite(emb).all()):
+        # One reduction instead of an elementwise pass: NaN/inf propagate
+        # to the float64 sum, which cannot overflow for float32 inputs.
+        if not bool(torch.isfinite(emb.detach().sum(dtype=torch.float64))):
             raise ValueError(f"'{name}' holds NaN or infinite values")
     if user_emb.size(1) != item_emb.size(1):
         raise ValueError(f"'user_emb' and 'item_emb' widths differ "

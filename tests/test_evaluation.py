@@ -13,7 +13,7 @@ import pmm_geo
 from pmm_geo import evaluate
 from pmm_geo.data import from_arrays, split_edge_index
 from pmm_geo.evaluation import (
-    _ranked_chunks,
+    _masked_scores,
     default_batch_size,
     ranking_index,
 )
@@ -134,7 +134,8 @@ def test_excluded_items_never_retrieved():
     for name in ('train', 'val'):
         seen |= set(map(tuple, split_edge_index(data, name).t().tolist()))
     retrieved = []
-    for start, top in _ranked_chunks(user, item, index, 20, batch_size=6):
+    for start, scores in _masked_scores(user, item, index, batch_size=6):
+        top = scores.topk(20, dim=1)
         for row, items in enumerate(top.indices.tolist()):
             u = int(index.users[start + row])
             retrieved += [(u, i) for i in items]
@@ -237,6 +238,9 @@ def test_clear_errors():
         evaluate(user, item, data, ks=(1, ), batch_size=0)
     with pytest.raises(ValueError, match='NaN'):
         evaluate(user * float('nan'), item, data, ks=(1, ))
+    with pytest.raises(ValueError, match="'item_emb' holds NaN or inf"):
+        evaluate(user, item.index_fill(1, torch.tensor([2]), float('inf')),
+                 data, ks=(1, ))
     no_val = from_arrays(train=[[0], [0]], test=[[0], [1]], num_items=2)
     with pytest.raises(ValueError, match="no 'val' split"):
         evaluate(torch.ones(1, 2), torch.eye(2), no_val, split='val',
