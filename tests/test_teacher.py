@@ -284,8 +284,8 @@ def test_teacher_repr_and_bad_input():
     features = toy_features(['image', 'text'])
     teacher = MultimodalTeacher(NUM_USERS, NUM_ITEMS, {'image': 6, 'text': 4},
                                 embedding_dim=5)
-    assert repr(teacher) == ('MultimodalTeacher(7, 9, modalities=(image=6, '
-                             'text=4), 5, num_layers=3)')
+    assert repr(teacher) == ("MultimodalTeacher(7, 9, {'image': 6, "
+                             "'text': 4}, 5, num_layers=3)")
     assert isinstance(teacher.prompt, PromptLearner)
     with pytest.raises(RuntimeError, match='init_prompt'):
         teacher(adj, features)
