@@ -125,6 +125,13 @@ class MultimodalTeacher(Module):
         layout (str): Adjacency layout used for propagation (see
             :class:`~pmm_geo.data.BipartiteAdjacency`).
             (default: :obj:`"edge_index_fused"`)
+
+    Shapes:
+        - **input:** the train graph (:math:`U` users, :math:`I` items),
+          features :math:`\{m: (I, d_m)\}`
+        - **output:** :class:`TeacherOutput` with fused :math:`(U, d)`,
+          :math:`(I, d)` and per-modality :math:`\{m: (U, d)\}`,
+          :math:`\{m: (I, d)\}` embeddings
     """
     def __init__(
         self,
