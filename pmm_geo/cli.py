@@ -116,9 +116,9 @@ def _train(args) -> int:
                  if getattr(args, key) is not None}
     if args.resume:
         run = RunDir(args.out)
-        if not os.path.isdir(run.path):
-            raise CommandError(f'nothing to resume: no run directory '
-                               f'{run.path}')
+        if not os.path.isfile(run.file(RunDir.CONFIG)):
+            raise CommandError(f'nothing to resume in {run.path} (no '
+                               f'{RunDir.CONFIG})')
         config = run.read_config()
         given = (TrainConfig.from_json(args.config).to_dict()
                  if args.config else {})

@@ -188,7 +188,8 @@ def resume_data():
 @pytest.fixture(scope='module')
 def uninterrupted(resume_data, tmp_path_factory):
     trainer = Trainer(resume_data, tiny_config(**RESUME_CONFIG),
-                      run_dir=tmp_path_factory.mktemp('full'), quiet=True)
+                      run_dir=tmp_path_factory.mktemp('full'), quiet=True,
+                      plot=False)
     return trainer, trainer.fit()
 
 
@@ -207,7 +208,8 @@ def test_resume_reaches_the_same_result(resume_data, uninterrupted, tmp_path,
         ('teacher', 2) if interrupt_after == 2 else ('student', 1))
     assert (tmp_path / 'metrics.json').exists() == (interrupt_after > 4)
 
-    resumed = Trainer(resume_data, config, run_dir=tmp_path, quiet=True)
+    resumed = Trainer(resume_data, config, run_dir=tmp_path, quiet=True,
+                      plot=False)
     got = resumed.fit(resume=True)
     assert results_without_time(got) == results_without_time(expected)
     for name in ('teacher', 'student'):
@@ -230,8 +232,8 @@ def test_same_seed_same_metrics_and_other_seed_differs(data):
 def test_early_stopping_and_baselines(data, tmp_path):
     config = tiny_config(model='lightgcn', epochs=200, patience=2,
                          lr=1e-3, student_lr=1e-1)
-    results = Trainer(data, config, run_dir=tmp_path / 'lgcn',
-                      quiet=True).fit()
+    results = Trainer(data, config, run_dir=tmp_path / 'lgcn', quiet=True,
+                      plot=False).fit()
     entry = results['lightgcn']
     assert entry['epochs'] < 200
     assert entry['epochs'] == entry['best_epoch'] + 2
@@ -240,7 +242,8 @@ def test_early_stopping_and_baselines(data, tmp_path):
 
     results = Trainer(data, tiny_config(model='lattice', epochs=2,
                                         lattice_knn_k=5),
-                      run_dir=tmp_path / 'lattice', quiet=True).fit()
+                      run_dir=tmp_path / 'lattice', quiet=True,
+                      plot=False).fit()
     assert set(results) == {'lattice'}
     top = load_recommender(tmp_path / 'lattice').recommend(
         torch.tensor([0, 1]), k=5)

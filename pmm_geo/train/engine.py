@@ -118,10 +118,13 @@ class Trainer:
         device (str or torch.device): Where to train. (default: :obj:`"cpu"`)
         use_tqdm (bool, optional): Progress bars (default: when tqdm is
             installed and the console is a terminal).
+        plot (bool): Draw :obj:`curves.png` at the end (when matplotlib is
+            installed). (default: :obj:`True`)
     """
     def __init__(self, data, config: Optional[TrainConfig] = None,
                  run_dir: Optional[str] = None, quiet: bool = False,
-                 device='cpu', use_tqdm: Optional[bool] = None):
+                 device='cpu', use_tqdm: Optional[bool] = None,
+                 plot: bool = True):
         self.config = config if config is not None else TrainConfig()
         self.config.validate()
         self.device = torch.device(device)
@@ -138,6 +141,7 @@ class Trainer:
                                     self.features, self.sampler,
                                     self.generator)
         self.run = RunDir(run_dir) if run_dir is not None else None
+        self.plot = plot
         self.logger = ProgressLogger(
             self.run.file(RunDir.LOG) if self.run else None, quiet=quiet,
             use_tqdm=use_tqdm)
@@ -163,6 +167,11 @@ class Trainer:
                 raise ValueError(f'the data has no {split} interactions: '
                                  f'model selection needs a validation split '
                                  f'and the report a test split')
+        num_items = data['item'].num_nodes
+        if max(self.config.ks) > num_items:
+            raise ConfigError(f"'ks': cut-off {max(self.config.ks)} exceeds "
+                              f'the number of items ({num_items}); set '
+                              f'smaller ks in the config')
         if self.config.model in ('promptmm', 'lattice') and \
                 not modalities(data):
             raise ValueError(f"model '{self.config.model}' reads item "
@@ -412,7 +421,7 @@ class Trainer:
 
     def _finish(self) -> None:
         self._write_metrics()
-        if self.run is not None and self.history:
+        if self.run is not None and self.plot and self.history:
             plot_curves(self.history, self.run.file(RunDir.CURVES))
         self.logger.log(event='done', results=self.results)
 
