@@ -136,7 +136,9 @@ def evaluate(
 
     Scores are computed in chunks of :obj:`batch_size` users, so at most
     :obj:`batch_size x num_items` scores are alive at a time, and each chunk
-    takes a single :func:`torch.topk` of :math:`\max(ks)`.
+    takes a single :func:`torch.topk` of :math:`\max(ks)`. The exclusion and
+    held-out index of each split is built once and cached on :obj:`data`
+    (see :func:`get_ranking_index`).
 
     Args:
         user_emb (torch.Tensor): User embeddings :obj:`[num_users, d]`.
