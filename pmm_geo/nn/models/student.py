@@ -148,16 +148,18 @@ class LightGCNStudent(Module):
         item_to_user = adj.item_to_user(self.layout)
         user_to_item = adj.user_to_item(self.layout)
 
+        # Python floats: one fused add-with-scale kernel per layer and side.
+        alpha = self.alpha.tolist()
         x_user = self.user_embedding.weight
         x_item = self.item_embedding.weight
-        out_user = x_user * self.alpha[0]
-        out_item = x_item * self.alpha[0]
+        out_user = x_user * alpha[0]
+        out_item = x_item * alpha[0]
         for layer in range(self.num_layers):
             # Both directions read the previous layer (simultaneous update).
             x_user, x_item = (self.conv(x_item, *item_to_user),
                               self.conv(x_user, *user_to_item))
-            out_user = out_user + x_user * self.alpha[layer + 1]
-            out_item = out_item + x_item * self.alpha[layer + 1]
+            out_user = out_user.add(x_user, alpha=alpha[layer + 1])
+            out_item = out_item.add(x_item, alpha=alpha[layer + 1])
         return out_user, out_item
 
     def forward(self, graph, edge_label_index: Optional[Tensor] = None
