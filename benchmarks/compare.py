@@ -215,8 +215,15 @@ def _worker_main(argv: Sequence[str]) -> int:
 
 def _call_in_process(spec: Dict[str, Any], log_path: str) -> None:
     # --in-process (tests, debugging): no subprocess, so the peak memory is
-    # that of this whole process, and torch's thread count is left alone.
-    _run_spec(spec)
+    # that of this whole process.
+    import torch
+    threads = torch.get_num_threads()
+    if spec.get('threads'):
+        torch.set_num_threads(int(spec['threads']))
+    try:
+        _run_spec(spec)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _run_spec(spec: Dict[str, Any]) -> None:
