@@ -70,8 +70,12 @@ def bpr_batch(num_users: int, num_items: int, edge_index: torch.Tensor,
     return users, pos, neg
 
 
-def build_steps(data, features, batch, device, dim: int,
-                layers: int) -> Dict[str, Callable[[], torch.Tensor]]:
+def build_steps(data, features, batch, device, dim: int, layers: int,
+                only: Optional[List[str]] = None
+                ) -> Dict[str, Callable[[], torch.Tensor]]:
+    def wanted(name: str) -> bool:
+        return only is None or any(w.lower() in name.lower() for w in only)
+
     num_users, num_items = data['user'].num_nodes, data['item'].num_nodes
     edge_index = data[EDGE_TYPE].edge_index
     adj = BipartiteAdjacency(edge_index, num_users, num_items).to(device)
@@ -94,6 +98,7 @@ def build_steps(data, features, batch, device, dim: int,
         pos_rank, neg_rank = pyg(homo, homo_label).chunk(2)
         return pyg.recommendation_loss(pos_rank, neg_rank, node_id=node_id)
 
+    # The reference row is always timed.
     steps['PyG LightGCN (LGConv, edge_index, normalize=True)'] = pyg_default
 
     # The best stock-PyG alternative: a pre-normalized sparse adj_t.
@@ -114,8 +119,9 @@ def build_steps(data, features, batch, device, dim: int,
         return pyg_csr.recommendation_loss(pos_rank, neg_rank,
                                            node_id=node_id)
 
-    steps['PyG LightGCN (normalize=False, cached CSR adj_t)'] = \
-        pyg_prenormalized
+    if wanted('PyG LightGCN (normalize=False, cached CSR adj_t)'):
+        steps['PyG LightGCN (normalize=False, cached CSR adj_t)'] = \
+            pyg_prenormalized
 
     student = LightGCNStudent(num_users, num_items, dim,
                               num_layers=layers).to(device)
@@ -125,11 +131,14 @@ def build_steps(data, features, batch, device, dim: int,
         return student.recommendation_loss(pos_rank, neg_rank,
                                            (users, torch.cat([pos, neg])))
 
-    steps['LightGCNStudent (pmm_geo, edge_index_fused)'] = student_step
+    if wanted('LightGCNStudent (pmm_geo, edge_index_fused)'):
+        steps['LightGCNStudent (pmm_geo, edge_index_fused)'] = student_step
 
     features = {m: x.to(device) for m, x in features.items()}
-    teacher_cls = optional_class('pmm_geo.nn.models.teacher',
-                                 'MultimodalTeacher')
+    teacher_cls = None
+    if wanted('MultimodalTeacher (stage 1)'):
+        teacher_cls = optional_class('pmm_geo.nn.models.teacher',
+                                     'MultimodalTeacher')
     if teacher_cls is not None:
         teacher = teacher_cls(num_users, num_items,
                               {m: x.size(1) for m, x in features.items()},
@@ -141,7 +150,10 @@ def build_steps(data, features, batch, device, dim: int,
 
         steps['MultimodalTeacher (stage 1)'] = teacher_step
 
-    lattice_cls = optional_class('pmm_geo.nn.models.lattice', 'LATTICE')
+    lattice_cls = None
+    if wanted('LATTICE (item graph rebuilt)') or wanted(
+            'LATTICE (cached item graph)'):
+        lattice_cls = optional_class('pmm_geo.nn.models.lattice', 'LATTICE')
     if lattice_cls is not None:
         lattice = lattice_cls(num_users, num_items, features,
                               embedding_dim=dim).to(device)
@@ -153,8 +165,10 @@ def build_steps(data, features, batch, device, dim: int,
                 return bpr(*scores.chunk(2))
             return step
 
-        steps['LATTICE (item graph rebuilt)'] = lattice_step(True)
-        steps['LATTICE (cached item graph)'] = lattice_step(False)
+        for name, build in (('LATTICE (item graph rebuilt)', True),
+                            ('LATTICE (cached item graph)', False)):
+            if wanted(name):
+                steps[name] = lattice_step(build)
     return steps
 
 
@@ -258,10 +272,11 @@ def machine() -> str:
                        if line.startswith('model name'))
     except (OSError, StopIteration):
         pass
+    import torch_geometric
     return (f'{cpu}, {os.cpu_count()} cores, torch {torch.__version__} '
-            f'({torch.get_num_threads()} threads), '
-            f'torch_geometric {importlib.import_module("torch_geometric").__version__}, '
-            f'Python {platform.python_version()}')
+            f'({torch.get_num_threads()} threads), torch_geometric '
+            f'{torch_geometric.__version__}, Python '
+            f'{platform.python_version()}')
 
 
 def main(argv=None):
@@ -301,16 +316,12 @@ def main(argv=None):
           f'{args.repeats} interleaved repeats after {args.warmup} warm-ups')
 
     batch = bpr_batch(num_users, num_items, edge_index, args.batch_size)
-    steps = build_steps(data, features, batch, device, args.dim, args.layers)
-    if args.only:
-        keep = [next(iter(steps))] + [
-            name for name in steps
-            if any(word.lower() in name.lower() for word in args.only)]
-        steps = {name: step for name, step in steps.items() if name in keep}
+    steps = build_steps(data, features, batch, device, args.dim, args.layers,
+                        args.only)
     times = time_steps(steps, args.repeats, args.warmup, device)
 
     reference = statistics.median(next(iter(times.values())))
-    print(f"\n| model | median ms | min ms | speed-up vs PyG default |")
+    print('\n| model | median ms | min ms | speed-up vs PyG default |')
     print('|---|---:|---:|---:|')
     for name, values in times.items():
         median = statistics.median(values)
@@ -323,9 +334,9 @@ def main(argv=None):
             print(f"\nLATTICE, one training step (kNN graphs built at "
                   f"construction + rebuilt learned graph + backward) at "
                   f"{mem['num_items']} items, widths {mem['widths']}: peak "
-                  f"RSS {mem['peak_rss_mb']:.0f} MB, {mem['peak_delta_mb']:.0f}"
-                  f" MB above the {mem['baseline_rss_mb']:.0f} MB process "
-                  f"with inputs ({mem['feature_mb']:.0f} MB of features); "
+                  f"RSS {mem['peak_rss_mb']:.0f} MB, "
+                  f"{mem['peak_delta_mb']:.0f} MB above the "
+                  f"{mem['baseline_rss_mb']:.0f} MB process with inputs ({mem['feature_mb']:.0f} MB of features); "
                   f"construction {mem['construct_s']:.1f} s, step "
                   f"{mem['step_s']:.1f} s")
             if 'cuda_peak_delta_mb' in mem:
