@@ -336,7 +336,8 @@ def main(argv=None):
                   f"{mem['num_items']} items, widths {mem['widths']}: peak "
                   f"RSS {mem['peak_rss_mb']:.0f} MB, "
                   f"{mem['peak_delta_mb']:.0f} MB above the "
-                  f"{mem['baseline_rss_mb']:.0f} MB process with inputs ({mem['feature_mb']:.0f} MB of features); "
+                  f"{mem['baseline_rss_mb']:.0f} MB process with inputs "
+                  f"({mem['feature_mb']:.0f} MB of features); "
                   f"construction {mem['construct_s']:.1f} s, step "
                   f"{mem['step_s']:.1f} s")
             if 'cuda_peak_delta_mb' in mem:
