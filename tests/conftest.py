@@ -2,10 +2,21 @@ r"""Shared pytest fixtures."""
 from pathlib import Path
 
 import pytest
+import torch
 
 #: Real data beside the checkout (``../shared/data``); absent in a user's
 #: clone, so tests that need it must skip.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+
+
+@pytest.fixture(autouse=True, scope='session')
+def one_thread():
+    r"""The tests use tiny tensors: a second OpenMP thread only adds
+    hand-off overhead (10-100x slower on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -20,14 +20,6 @@ def example():
     return module
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny tensors: a second OpenMP thread only adds contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_homogeneous_adj_t_is_pyg_lightgcn_normalization(example):
     # pmm_geo's cached weights, handed to LightGCN(normalize=False), give
@@ -49,7 +41,7 @@ def test_homogeneous_adj_t_is_pyg_lightgcn_normalization(example):
     assert torch.equal(adj_t.to_dense(), adj_t.to_dense().t())
 
 
-def test_distilled_pyg_lightgcn_beats_random(example, one_thread):
+def test_distilled_pyg_lightgcn_beats_random(example):
     data = synthetic(num_users=300, num_items=200, num_interactions=5000,
                      seed=0)
     metrics = example.main(data, teacher_epochs=5, student_epochs=10,

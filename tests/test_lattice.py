@@ -57,15 +57,6 @@ def to_dense(edge_index, edge_weight, n):
                          accumulate=True)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # Tiny sparse kernels on a shared, oversubscribed CPU: OpenMP thread
-    # hand-offs cost 10-100x the work itself.
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
-
 
 # ---------------------------------------------------------------------------
 

@@ -231,15 +231,6 @@ def planted_dataset(num_users=300, num_items=200, rank=4, per_user=12,
                        num_users=num_users, num_items=num_items)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: on a shared 2-core machine a second OpenMP thread only
-    # adds contention (10x slower under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_student_fits_planted_signal():
     torch.manual_seed(0)

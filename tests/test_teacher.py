@@ -12,13 +12,6 @@ from pmm_geo.nn.models import TeacherOutput
 NUM_USERS, NUM_ITEMS = 7, 9
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core machine run far faster on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 WIDTHS = {'image': 6, 'text': 4, 'audio': 3}
 
 
