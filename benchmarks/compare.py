@@ -52,7 +52,9 @@ How each number is measured:
   (teacher: feature tables + projectors + id embeddings + prompt with its
   hard tokens; LATTICE: feature tables + projections + id embeddings +
   frozen kNN graphs; student / LightGCN: their embedding tables);
-  ``serving_mb`` their bytes; ``trainable_params`` the parameters.
+  ``serving_mb`` their bytes; ``trainable_params`` the parameters;
+- ``*_cpu_seconds``: the same spans in process CPU time (one thread per
+  worker, so about the wall time on an idle core: robust to other load).
 
 Usage::
 
@@ -84,7 +86,8 @@ METRICS = C.QUALITY + (
     'inference_seconds', 'serving_params', 'peak_memory_mb')
 EXTRA = ('epochs_to_best', 'epochs_run', 'hit@20', 'recall@10',
          'recall@50', 'serving_mb', 'trainable_params', 'base_memory_mb',
-         'val_recall@20')
+         'val_recall@20', 'train_cpu_seconds', 'embed_cpu_seconds',
+         'rank_cpu_seconds', 'inference_cpu_seconds')
 K = 20
 
 
@@ -109,12 +112,17 @@ def train_worker(data_dir: str, run: str, seed: int, run_dir: str,
     can_reset = C.reset_peak_rss()
     trainer = Trainer(data, config, run_dir=run_dir, quiet=True)
     peaks: Dict[str, float] = {}
+    cpu: Dict[str, float] = {}
+    cpu_mark = [time.process_time()]
     end_stage = trainer._end_stage
 
     def end_stage_and_record(stage, *args, **kwargs):
         out = end_stage(stage, *args, **kwargs)
         peaks[stage.name] = C.peak_rss_mb()
         C.reset_peak_rss()
+        now = time.process_time()
+        cpu[stage.name] = now - cpu_mark[0]
+        cpu_mark[0] = now
         return out
 
     trainer._end_stage = end_stage_and_record
@@ -131,6 +139,7 @@ def train_worker(data_dir: str, run: str, seed: int, run_dir: str,
             'train_seconds': res['train_seconds'],
             'seconds_per_epoch': res['train_seconds'] / max(res['epochs'],
                                                             1),
+            'train_cpu_seconds': cpu.get(name, float('nan')),
             'trainable_params': res['params'],
             'peak_memory_mb': peaks.get(name, C.peak_rss_mb()),
             'base_memory_mb': base,
@@ -164,7 +173,8 @@ def infer_worker(data_dir: str, run_dirs: Dict[str, str], repeats: int,
         out[name] = {'serving_params': C.count_elements(tensors),
                      'serving_mb': C.count_bytes(tensors) / C.MB,
                      'embed_seconds': [], 'rank_seconds': [],
-                     'inference_seconds': []}
+                     'inference_seconds': [], 'embed_cpu_seconds': [],
+                     'rank_cpu_seconds': [], 'inference_cpu_seconds': []}
 
     for repeat in range(repeats):
         for name, model in models.items():
@@ -175,13 +185,19 @@ def infer_worker(data_dir: str, run_dirs: Dict[str, str], repeats: int,
                                            num_users, num_items)
                 return C.embed(name, model, graph, features)
 
+            cpu0 = time.process_time()
             embed_s, (user_emb, item_emb) = C.time_call(compute)
+            cpu1 = time.process_time()
             rank_s, top = C.time_call(C.rank_all_users, user_emb, item_emb,
                                       ckpt['train_edge_index'], K)
+            cpu2 = time.process_time()
             row = out[name]
             row['embed_seconds'].append(embed_s)
             row['rank_seconds'].append(rank_s)
             row['inference_seconds'].append(embed_s + rank_s)
+            row['embed_cpu_seconds'].append(cpu1 - cpu0)
+            row['rank_cpu_seconds'].append(cpu2 - cpu1)
+            row['inference_cpu_seconds'].append(cpu2 - cpu0)
             if repeat == 0:
                 diff = max(float((user_emb - ckpt['user_emb']).abs().max()),
                            float((item_emb - ckpt['item_emb']).abs().max()))
@@ -191,7 +207,9 @@ def infer_worker(data_dir: str, run_dirs: Dict[str, str], repeats: int,
                 row['top_k_shape'] = list(top.shape)
             del user_emb, item_emb, top
     for row in out.values():
-        for key in ('embed_seconds', 'rank_seconds', 'inference_seconds'):
+        for key in ('embed_seconds', 'rank_seconds', 'inference_seconds',
+                    'embed_cpu_seconds', 'rank_cpu_seconds',
+                    'inference_cpu_seconds'):
             row[key + '_all'] = row[key]
             row[key] = statistics.median(row[key])
     C.write_json(result_path, {'results': out, 'threads': _threads()})
@@ -448,6 +466,27 @@ def report(summary, runs, config, command: str, meta) -> str:
             f'{C.fmt(s["inference_seconds"], 3)} | '
             f'{s["serving_params"]["mean"]:,.0f} | '
             f'{C.fmt(s["peak_memory_mb"], 0)} |')
+    total_cpu = sum(r['train_cpu_seconds'] + r['inference_cpu_seconds']
+                    for rows in runs.values() for r in rows)
+    lines += [
+        '', '### CPU seconds (single-thread workers: about the wall time on '
+        'an otherwise idle core)', '',
+        'Wall times above depend on what else the machine runs; each worker '
+        'uses one torch thread, so its process CPU time is close to what '
+        'the same work takes on a dedicated core. Sum over all runs: '
+        f'{total_cpu / 60:.1f} CPU-min, i.e. about '
+        f'{total_cpu / 60 / max(meta.get("jobs", 1), 1):.1f} min of wall '
+        f'time with {meta.get("jobs", 1)} worker(s) on an idle machine '
+        '(plus process start-up and the scheduling tail).', '',
+        '| model | train CPU s | embed CPU s | rank CPU s | inference CPU s |',
+        '|---|---|---|---|---|',
+    ]
+    for name in MODELS:
+        s = summary[name]
+        lines.append(f'| {name} | {C.fmt(s["train_cpu_seconds"], 1)} | '
+                     f'{C.fmt(s["embed_cpu_seconds"], 4)} | '
+                     f'{C.fmt(s["rank_cpu_seconds"], 4)} | '
+                     f'{C.fmt(s["inference_cpu_seconds"], 4)} |')
     t, st, la = summary['teacher'], summary['student'], summary['lattice']
     ratio = st['serving_params']['mean'] / t['serving_params']['mean']
 
@@ -478,6 +517,10 @@ def report(summary, runs, config, command: str, meta) -> str:
         f'{m(st["embed_seconds"], 4)} | '
         f'{_ratio(st["embed_seconds"], t["embed_seconds"])} | '
         f'{m(la["embed_seconds"], 4)} |',
+        f'| inference: embed, CPU (s) | {m(t["embed_cpu_seconds"], 4)} | '
+        f'{m(st["embed_cpu_seconds"], 4)} | '
+        f'{_ratio(st["embed_cpu_seconds"], t["embed_cpu_seconds"])} | '
+        f'{m(la["embed_cpu_seconds"], 4)} |',
         f'| inference: embed + rank, all users top-{K} (s) | '
         f'{m(t["inference_seconds"], 4)} | {m(st["inference_seconds"], 4)} |'
         f' {_ratio(st["inference_seconds"], t["inference_seconds"])} | '
