@@ -36,28 +36,29 @@ class TrainConfig:
         epochs (int): Maximum number of epochs per stage; one epoch covers
             every train interaction once. (default: :obj:`500`)
         batch_size (int): Train interactions per step. (default: :obj:`2048`)
-        lr (float): Adam learning rate of the teacher (stage 1) and of the
-            :obj:`lightgcn` / :obj:`lattice` baselines. (default: :obj:`1e-3`)
+        lr (float): Adam learning rate of the teacher (stage 1) and of
+            LATTICE. (default: :obj:`1e-3`)
         weight_decay (float): Adam weight decay (all stages).
             (default: :obj:`0.0`)
         reg_weight (float): L2 penalty on the batch's input (layer-0)
             embeddings, :math:`\lambda \|\mathbf{E}_{batch}\|^2 / B`, added
             to every BPR loss. (default: :obj:`1e-4`)
-        embedding_dim (int): Width :math:`d` of the teacher and of the
-            baselines. (default: :obj:`64`)
-        num_layers (int): Propagation layers of the teacher and of the
-            :obj:`lightgcn` baseline. (default: :obj:`3`)
-        student_dim (int): Width :math:`d_s` of the distilled student (may
-            be smaller than :obj:`embedding_dim`: that is the compression).
-            (default: :obj:`64`)
-        student_layers (int): Propagation layers of the student.
+        embedding_dim (int): Width :math:`d` of the teacher and of
+            LATTICE. (default: :obj:`64`)
+        num_layers (int): Propagation layers of the teacher.
             (default: :obj:`3`)
-        student_lr (float): Adam learning rate of the student in stage 2.
-            (default: :obj:`1e-3`)
+        student_dim (int): Width :math:`d_s` of the distilled student (may
+            be smaller than :obj:`embedding_dim`: that is the compression)
+            and of the :obj:`lightgcn` baseline, which is the student's
+            architecture trained alone. (default: :obj:`64`)
+        student_layers (int): Propagation layers of the student and of the
+            :obj:`lightgcn` baseline. (default: :obj:`3`)
+        student_lr (float): Adam learning rate of the student (stage 2) and
+            of the :obj:`lightgcn` baseline. (default: :obj:`1e-3`)
         eval_every (int): Evaluate on the validation split every this many
             epochs. (default: :obj:`1`)
         patience (int): Stop a stage after this many evaluations without an
-            improvement of validation Recall@20. (default: :obj:`20`)
+            improvement of validation Recall@20. (default: :obj:`30`)
         ks (tuple of int): Cut-offs of the reported metrics (20 is
             required: it selects the model). (default: :obj:`(10, 20, 50)`)
         layout (str): Adjacency layout of the propagation layers (see
@@ -126,7 +127,7 @@ class TrainConfig:
     student_layers: int = 3
     student_lr: float = 1e-3
     eval_every: int = 1
-    patience: int = 20
+    patience: int = 30
     ks: Tuple[int, ...] = (10, 20, 50)
     layout: str = 'edge_index_fused'
     kd_pair_weight: float = 1.0
