@@ -303,7 +303,7 @@ def test_repr_reset_and_input_errors():
         LATTICE(10, 20, features, lambda_coeff=1.5)
     with pytest.raises(ValueError, match="non-empty dict"):
         LATTICE(10, 20, {})
-    with pytest.raises(ValueError, match="model expects"):
+    with pytest.raises(ValueError, match='LATTICE model was built for'):
         model(make_graph(11, 20), {k: v.float() for k, v in features.items()})
 
 

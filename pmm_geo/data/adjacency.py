@@ -156,15 +156,40 @@ def get_adjacency(data) -> BipartiteAdjacency:
     return cached
 
 
-def as_adjacency(graph) -> BipartiteAdjacency:
+def as_adjacency(graph, num_users: Optional[int] = None,
+                 num_items: Optional[int] = None,
+                 device: Optional[torch.device] = None,
+                 owner: str = 'model') -> BipartiteAdjacency:
     r"""Accepts a :class:`BipartiteAdjacency` or a pmm_geo
     :class:`~torch_geometric.data.HeteroData` and returns the (cached)
-    :class:`BipartiteAdjacency`."""
+    :class:`BipartiteAdjacency`.
+
+    Args:
+        graph: The adjacency or the data.
+        num_users (int, optional): If given, the number of users the caller
+            was built for; a different graph raises :class:`ValueError`.
+        num_items (int, optional): The same for items.
+        device (torch.device, optional): If given, the caller's device; a
+            graph elsewhere raises :class:`ValueError` (rebuilding the cached
+            layouts on every call would be silently slow).
+        owner (str, optional): What the caller is, for error messages.
+    """
     if isinstance(graph, BipartiteAdjacency):
-        return graph
-    if hasattr(graph, 'edge_types') and ('user', 'interacts',
-                                         'item') in graph.edge_types:
-        return get_adjacency(graph)
-    raise TypeError(f"Expected a BipartiteAdjacency or a HeteroData with a "
-                    f"('user', 'interacts', 'item') edge type, got "
-                    f"'{type(graph).__name__}'")
+        adj = graph
+    elif hasattr(graph, 'edge_types') and ('user', 'interacts',
+                                           'item') in graph.edge_types:
+        adj = get_adjacency(graph)
+    else:
+        raise TypeError(f"Expected a BipartiteAdjacency or a HeteroData with "
+                        f"a ('user', 'interacts', 'item') edge type, got "
+                        f"'{type(graph).__name__}'")
+    if num_users is not None and num_items is not None and (
+            adj.num_users, adj.num_items) != (num_users, num_items):
+        raise ValueError(f'The graph has {adj.num_users} users and '
+                         f'{adj.num_items} items, but the {owner} was built '
+                         f'for {num_users} users and {num_items} items')
+    if device is not None and adj.device != torch.device(device):
+        raise ValueError(f'The graph is on {adj.device} but the {owner} is '
+                         f'on {device}; move the data (or call '
+                         f'adjacency.to(device)) once beforehand')
+    return adj

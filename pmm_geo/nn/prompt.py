@@ -165,13 +165,8 @@ class PromptLearner(Module):
         :class:`pmm_geo.data.BipartiteAdjacency`) and the item features
         :obj:`{modality: [I, d_m]}`. Deterministic: calling it again on the
         same data gives the same tokens."""
-        adj = as_adjacency(graph)
-        if (adj.num_users, adj.num_items) != (self.num_users,
-                                              self.num_items):
-            raise ValueError(f"The graph has {adj.num_users} users and "
-                             f"{adj.num_items} items, but the prompt was "
-                             f"built for {self.num_users} users and "
-                             f"{self.num_items} items")
+        adj = as_adjacency(graph, self.num_users, self.num_items,
+                           owner='prompt')
         if len(features) == 0:
             raise ValueError("'features' is empty: the hard tokens need at "
                              "least one item modality")

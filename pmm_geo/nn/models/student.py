@@ -121,21 +121,8 @@ class LightGCNStudent(Module):
         self.conv.reset_parameters()
 
     def _adjacency(self, graph) -> BipartiteAdjacency:
-        adj = as_adjacency(graph)
-        if (adj.num_users, adj.num_items) != (self.num_users,
-                                              self.num_items):
-            raise ValueError(f'The graph has {adj.num_users} users and '
-                             f'{adj.num_items} items, but the model was '
-                             f'built for {self.num_users} users and '
-                             f'{self.num_items} items')
-        device = self.user_embedding.weight.device
-        if adj.device != device:
-            # Rebuilding the cached layouts on every call would be silently
-            # slow: ask for the graph on the model's device instead.
-            raise ValueError(f'The graph is on {adj.device} but the model is '
-                             f'on {device}; move the data (or call '
-                             f'adjacency.to(device)) once beforehand')
-        return adj
+        return as_adjacency(graph, self.num_users, self.num_items,
+                            self.user_embedding.weight.device, 'student')
 
     def get_embedding(self, graph) -> Tuple[Tensor, Tensor]:
         r"""Returns the propagated user and item embeddings

@@ -219,18 +219,8 @@ class MultimodalTeacher(Module):
     # ------------------------------------------------------------------
     # Inputs
     def _adjacency(self, graph) -> BipartiteAdjacency:
-        adj = as_adjacency(graph)
-        if (adj.num_users, adj.num_items) != (self.num_users,
-                                              self.num_items):
-            raise ValueError(f"The graph has {adj.num_users} users and "
-                             f"{adj.num_items} items, but the teacher was "
-                             f"built for {self.num_users} users and "
-                             f"{self.num_items} items")
-        device = self.user_embedding.weight.device
-        if adj.device != device:
-            raise ValueError(f"The graph is on {adj.device} but the teacher "
-                             f"is on {device}; move it once beforehand")
-        return adj
+        return as_adjacency(graph, self.num_users, self.num_items,
+                            self.user_embedding.weight.device, 'teacher')
 
     def _check_features(self, features: Mapping[str, Tensor]
                         ) -> Dict[str, Tensor]:
