@@ -6,6 +6,7 @@ from torch.nn import Dropout, Linear, Module
 
 from ..data.adjacency import as_adjacency
 from .conv import BipartiteConv
+from ._checks import check_positive
 
 # Up to this feature width the principal axes come exactly from the float64
 # covariance (d_m x d_m eigendecomposition, O(I d_m^2)); wider features use a
@@ -134,8 +135,7 @@ class PromptLearner(Module):
         for name, value in (('num_users', num_users),
                             ('num_items', num_items),
                             ('embedding_dim', embedding_dim)):
-            if int(value) < 1:
-                raise ValueError(f"'{name}' must be positive, got {value}")
+            check_positive('PromptLearner', name, value)
         if not 0. <= dropout < 1.:
             raise ValueError(f"'dropout' must be in [0, 1), got {dropout}")
         self.num_users = int(num_users)

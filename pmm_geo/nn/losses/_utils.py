@@ -3,6 +3,8 @@ from typing import Tuple
 
 from torch import Tensor
 
+from pmm_geo.nn._checks import check_non_negative, check_positive  # noqa: F401
+
 REDUCTIONS: Tuple[str, ...] = ('mean', 'sum', 'none')
 
 
@@ -11,19 +13,6 @@ def check_reduction(owner: str, reduction: str) -> str:
         raise ValueError(f"{owner}: 'reduction' must be one of {REDUCTIONS} "
                          f"(got {reduction!r})")
     return reduction
-
-
-def check_positive(owner: str, name: str, value: float) -> float:
-    if not value > 0:
-        raise ValueError(f"{owner}: '{name}' must be positive (got {value})")
-    return float(value)
-
-
-def check_non_negative(owner: str, name: str, value: float) -> float:
-    if not value >= 0:
-        raise ValueError(f"{owner}: '{name}' must be non-negative "
-                         f"(got {value})")
-    return float(value)
 
 
 def check_same_shape(owner: str, name_a: str, a: Tensor, name_b: str,

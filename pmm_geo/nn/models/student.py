@@ -6,6 +6,7 @@ from torch.nn import Embedding, Module
 
 from pmm_geo.data.adjacency import LAYOUTS, BipartiteAdjacency, as_adjacency
 from pmm_geo.nn.conv import BipartiteConv
+from pmm_geo.nn._checks import check_positive
 
 NodeId = Union[Tensor, Tuple[Tensor, Tensor]]
 
@@ -82,8 +83,7 @@ class LightGCNStudent(Module):
         for name, value in (('num_users', num_users),
                             ('num_items', num_items),
                             ('embedding_dim', embedding_dim)):
-            if int(value) < 1:
-                raise ValueError(f"'{name}' must be positive (got {value})")
+            check_positive('LightGCNStudent', name, value)
         if int(num_layers) < 0:
             raise ValueError(f"'num_layers' must be non-negative "
                              f"(got {num_layers})")

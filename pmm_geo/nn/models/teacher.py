@@ -10,6 +10,7 @@ from pmm_geo.nn.conv import BipartiteConv
 from pmm_geo.nn.losses import BPRLoss
 from pmm_geo.nn.projector import NORM_EPS, PromptedProjector
 from pmm_geo.nn.prompt import PromptLearner
+from pmm_geo.nn._checks import check_positive
 
 
 class TeacherOutput(NamedTuple):
@@ -153,8 +154,7 @@ class MultimodalTeacher(Module):
         for name, value in (('num_users', num_users),
                             ('num_items', num_items),
                             ('embedding_dim', embedding_dim)):
-            if int(value) < 1:
-                raise ValueError(f"'{name}' must be positive, got {value}")
+            check_positive('MultimodalTeacher', name, value)
         if int(num_layers) < 0:
             raise ValueError(f"'num_layers' must be non-negative, got "
                              f"{num_layers}")
