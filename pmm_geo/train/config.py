@@ -58,7 +58,7 @@ class TrainConfig:
         eval_every (int): Evaluate on the validation split every this many
             epochs. (default: :obj:`1`)
         patience (int): Stop a stage after this many evaluations without an
-            improvement of validation Recall@20. (default: :obj:`30`)
+            improvement of validation Recall@20. (default: :obj:`50`)
         ks (tuple of int): Cut-offs of the reported metrics (20 is
             required: it selects the model). (default: :obj:`(10, 20, 50)`)
         layout (str): Adjacency layout of the propagation layers (see
@@ -127,7 +127,7 @@ class TrainConfig:
     student_layers: int = 3
     student_lr: float = 1e-3
     eval_every: int = 1
-    patience: int = 30
+    patience: int = 50
     ks: Tuple[int, ...] = (10, 20, 50)
     layout: str = 'edge_index_fused'
     kd_pair_weight: float = 1.0
