@@ -35,7 +35,7 @@ from pmm_geo.train import Trainer, TrainConfig
 DEFAULT_SCALE = 0.05
 #: Epoch cap per stage of the synthetic demo (early stopping on validation
 #: Recall@20 usually ends a stage before).
-DEFAULT_EPOCHS = 60
+DEFAULT_EPOCHS = 100
 
 
 def parse_args(argv=None):
