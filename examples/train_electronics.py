@@ -33,8 +33,8 @@ from pmm_geo.train import Trainer, TrainConfig
 #: Default scale of the synthetic data (users, items and interactions; the
 #: feature widths stay 4096 and 1024): about five minutes on 2 CPU cores.
 DEFAULT_SCALE = 0.05
-#: Epoch cap per stage of the synthetic demo (early stopping on validation
-#: Recall@20 usually ends a stage before).
+#: Epoch cap per stage of the synthetic demo (the teacher usually stops
+#: earlier on validation Recall@20; the student uses most of it).
 DEFAULT_EPOCHS = 100
 
 
