@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--keep-data', action='store_true',
                         help='keep the generated datasets in DIR')
     parser.add_argument('--no-plot', action='store_true')
+    parser.add_argument('--report-only', action='store_true',
+                        help='re-render scale.md / scale.png from DIR/'
+                        'scale.json without running anything')
     return parser
 
 
@@ -288,6 +291,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if args.steps < 1:
         raise SystemExit(f'--steps must be >= 1, got {args.steps}')
     out = args.out
+    if args.report_only:
+        with open(osp.join(out, 'scale.json'), encoding='utf-8') as f:
+            summary = json.load(f)
+        _write_report(summary, out, args.no_plot)
+        return summary
     os.makedirs(out, exist_ok=True)
     results: Dict[str, Any] = {}
     tic_all = time.perf_counter()
@@ -332,12 +340,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                'machine': C.machine(), 'scales': results,
                'total_seconds': time.perf_counter() - tic_all}
     C.write_json(osp.join(out, 'scale.json'), summary)
+    _write_report(summary, out, args.no_plot)
+    return summary
+
+
+def _write_report(summary, out: str, no_plot: bool) -> None:
     with open(osp.join(out, 'scale.md'), 'w', encoding='utf-8') as f:
         f.write(report(summary))
-    if not args.no_plot:
+    if not no_plot:
         plot(summary, osp.join(out, 'scale.png'))
     print(f'wrote {osp.join(out, "scale.md")}', flush=True)
-    return summary
 
 
 def _rows(summary) -> List[Dict[str, Any]]:
@@ -389,8 +401,10 @@ def report(summary) -> str:
             f'{r["rank_seconds"]:.2f} | {r["inference_seconds"]:.2f} | '
             f'{r["peak_memory_mb"]:,.0f} | {r["base_memory_mb"]:,.0f} |')
     lines += ['', '## Growth (relative to the smallest scale)', '',
+              'CPU seconds per epoch (one thread: robust to other load on '
+              'the machine), extrapolated as above.', '',
               '| model | ' + ' | '.join(
-                  f's/epoch {k}' for k in summary['scales']) + ' | ' +
+                  f'CPU s/epoch {k}' for k in summary['scales']) + ' | ' +
               ' | '.join(f'peak MB {k}' for k in summary['scales']) + ' |',
               '|---|' + '---|' * (2 * len(summary['scales']))]
     for name in MODELS:
@@ -404,8 +418,8 @@ def report(summary) -> str:
                 continue
             if first is None:
                 first = row
-            epoch.append(f'{row["seconds_per_epoch"]:.1f} '
-                         f'({row["seconds_per_epoch"] / first["seconds_per_epoch"]:.2f}x)')
+            epoch.append(f'{row["cpu_seconds_per_epoch"]:.1f} ('
+                         f'{row["cpu_seconds_per_epoch"] / first["cpu_seconds_per_epoch"]:.2f}x)')
             peak.append(f'{row["peak_memory_mb"]:,.0f} '
                         f'({row["peak_memory_mb"] / first["peak_memory_mb"]:.2f}x)')
         if first is not None:
@@ -462,7 +476,7 @@ def plot(summary, path: str) -> None:
             if row is None or row.get('failed'):
                 continue
             xs.append(entry['scale'])
-            epoch.append(row['seconds_per_epoch'])
+            epoch.append(row['cpu_seconds_per_epoch'])
             peak.append(row['peak_memory_mb'] / 1024)
             embed.append(row['embed_seconds'])
         if not xs:
@@ -470,13 +484,17 @@ def plot(summary, path: str) -> None:
         ax1.plot(xs, epoch, marker='o', label=name)
         ax2.plot(xs, peak, marker='o', label=name)
         ax3.plot(xs, embed, marker='o', label=name)
-    ax1.set_ylabel('seconds / epoch (extrapolated)')
+    ax1.set_ylabel('CPU seconds / epoch (extrapolated, 1 thread)')
     ax2.set_ylabel('peak RSS (GiB)')
     ax2.axhline(12, color='red', ls='--', lw=1, label='12 GB target')
     ax3.set_ylabel('embed seconds (inference)')
+    scales = [entry['scale'] for entry in summary['scales'].values()]
     for ax in (ax1, ax2, ax3):
         ax.set_xlabel('x users and interactions (items fixed)')
         ax.set_xscale('log', base=2)
+        ax.set_xticks(scales)
+        ax.set_xticklabels([f'{x:g}x' for x in scales])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
     ax1.set_yscale('log')
     ax3.set_yscale('log')
