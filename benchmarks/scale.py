@@ -450,13 +450,14 @@ def report(summary) -> str:
     items = next(iter(summary['scales'].values()))['shape']['num_items']
     dense = items**2 * 4 / 1024**3
     lines += ['', f'Dense LATTICE (the original code) would hold I x I float32 '
-              f'matrices: {items:,}^2 x 4 bytes = {dense:.2f} GiB each, and it '
-              'keeps several alive (per modality the raw-feature kNN graph and '
-              'the learned similarity/kNN graph, plus the mixed graph and its '
-              'normalization temporaries): at least '
-              f'{5 * dense:.1f} GiB for 5 such matrices at two modalities, '
-              'before any activations. The sparse LATTICE here stores '
-              'I x k edges per graph.', '']
+              f'matrices: {items:,}^2 x 4 bytes = {dense:.2f} GiB each. By '
+              'the analytic estimate of reference/lattice_mmrec.md (not a '
+              'measurement), about 5 are alive in steady state '
+              f'({5 * dense:.1f} GiB) and 13 to 16 at the peak of the graph '
+              f'rebuild on the first batch of each epoch ({13 * dense:.0f} to '
+              f'{16 * dense:.0f} GiB), above the 12 GB target before any '
+              'activation or optimizer state. The sparse LATTICE here keeps '
+              'k = 10 neighbours per item and graph (O(I k) memory).', '']
     return '\n'.join(lines)
 
 
