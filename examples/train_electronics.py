@@ -7,7 +7,9 @@ format (``train.json``, ``val.json``, ``test.json``, ``image_feat.npy``,
 ``text_feat.npy``). Without it, it trains on a SYNTHETIC dataset with the
 shape of Electronics (``pmm_geo.data.synthetic_electronics``), scaled down
 so that the whole run takes about five minutes on 2 CPU cores
-(``--scale 1.0`` for the full size). Synthetic numbers only show that the
+(``--scale 1.0`` for the full size). On a machine shared with other jobs,
+run it with ``OMP_NUM_THREADS=1`` (more threads than free cores makes the
+sparse kernels spin). Synthetic numbers only show that the
 pipeline works; they say nothing about Amazon Electronics.
 
     python examples/train_electronics.py                    # synthetic
@@ -35,7 +37,7 @@ from pmm_geo.train import Trainer, TrainConfig
 DEFAULT_SCALE = 0.05
 #: Epoch cap per stage of the synthetic demo (the teacher usually stops
 #: earlier on validation Recall@20; the student uses most of it).
-DEFAULT_EPOCHS = 100
+DEFAULT_EPOCHS = 80
 
 
 def parse_args(argv=None):
@@ -136,9 +138,10 @@ def main(argv=None):
                         for i, (value, w) in enumerate(zip(row, widths))))
     ratio = results['student']['test']['recall@20'] / max(
         results['teacher']['test']['recall@20'], 1e-12)
-    print(f'\nThe student keeps {100 * ratio:.1f}% of the teacher\'s '
-          f'Recall@20 with {results["student"]["params"] / results["teacher"]["params"]:.1%} '
-          f'of its parameters, and needs no item features to serve.')
+    share = results['student']['params'] / results['teacher']['params']
+    print(f"\nThe student keeps {100 * ratio:.1f}% of the teacher's "
+          f'Recall@20 with {share:.1%} of its parameters, and needs no item '
+          f'features to serve.')
     print(f'Run saved in {args.out} (pmm-geo evaluate {args.out}; '
           f'pmm-geo recommend {args.out} --users 0 1 2 -k 20)')
     return 0

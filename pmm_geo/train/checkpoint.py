@@ -74,7 +74,8 @@ def load_checkpoint(path: str, fingerprint: Optional[str] = None,
             ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error) else ''
         raise CheckpointError(f'cannot read {what} {path}: '
-                              f'{type(error).__name__}: {first_line}') from None
+                              f'{type(error).__name__}: {first_line}'
+                              ) from None
     if not isinstance(obj, dict) or 'format_version' not in obj:
         raise CheckpointError(f'{path} is not a pmm_geo {what}')
     if obj['format_version'] != FORMAT_VERSION:

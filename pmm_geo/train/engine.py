@@ -300,8 +300,9 @@ class Trainer:
         num_batches = self.sampler.num_batches(cfg.batch_size)
         last_epoch, stopped = start_epoch, False
         if start_epoch == 0:
-            log.message(f'[{stage.name}] training {stage.modules[stage.served]}'
-                        f' ({stage.num_params():,} parameters)')
+            model = stage.modules[stage.served]
+            log.message(f'[{stage.name}] training {model} '
+                        f'({stage.num_params():,} parameters)')
 
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             if stopped:
