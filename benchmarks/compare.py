@@ -113,25 +113,21 @@ def train_worker(data_dir: str, run: str, seed: int, run_dir: str,
     config = config.replace(model=run, seed=seed)
     base = C.rss_mb()
     can_reset = C.reset_peak_rss()
-    trainer = Trainer(data, config, run_dir=run_dir, quiet=True)
     peaks: Dict[str, float] = {}
     cpu: Dict[str, float] = {}
     cpu_mark = [time.process_time()]
-    end_stage = getattr(trainer, '_end_stage', None)
 
-    def end_stage_and_record(stage, *args, **kwargs):
-        out = end_stage(stage, *args, **kwargs)
-        peaks[stage.name] = C.peak_rss_mb()
+    def record_stage(name: str, result: Dict[str, Any]) -> None:
+        # Per-stage peak memory and CPU time, then a fresh peak mark for
+        # the next stage (the student's peak is stage 2's).
+        peaks[name] = C.peak_rss_mb()
         C.reset_peak_rss()
         now = time.process_time()
-        cpu[stage.name] = now - cpu_mark[0]
+        cpu[name] = now - cpu_mark[0]
         cpu_mark[0] = now
-        return out
 
-    # Per-stage peaks need a hook at the end of each stage (engine internal;
-    # without it the whole process's peak is reported for every stage).
-    if end_stage is not None:
-        trainer._end_stage = end_stage_and_record
+    trainer = Trainer(data, config, run_dir=run_dir, quiet=True,
+                      on_stage_end=record_stage)
     tic = time.perf_counter()
     results = trainer.fit()
     wall = time.perf_counter() - tic

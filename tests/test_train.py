@@ -269,3 +269,18 @@ def test_bad_data_is_refused(data):
     no_val = small_data(num_val_per_user=0)
     with pytest.raises(ValueError, match='validation'):
         Trainer(no_val, TrainConfig(model='lightgcn'))
+
+
+def test_on_stage_end_sees_each_stage_once_with_its_result(data):
+    calls = []
+
+    def record(name, result):
+        # The stage is finished when the hook runs: its result is final.
+        calls.append((name, result['best_epoch'], result['test']))
+
+    results = Trainer(data, tiny_config(epochs=2), quiet=True,
+                      on_stage_end=record).fit()
+    assert [name for name, _, _ in calls] == ['teacher', 'student']
+    for name, best_epoch, test in calls:
+        assert best_epoch == results[name]['best_epoch']
+        assert test == results[name]['test']

@@ -4,7 +4,7 @@ reporting."""
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch.nn import Module
@@ -120,11 +120,18 @@ class Trainer:
             installed and the console is a terminal).
         plot (bool): Draw :obj:`curves.png` at the end (when matplotlib is
             installed). (default: :obj:`True`)
+        on_stage_end (callable, optional): Called as
+            :obj:`on_stage_end(stage_name, result)` when a stage has
+            finished (best state restored, test evaluated, checkpoint
+            written), e.g. to record per-stage time or memory.
+            (default: :obj:`None`)
     """
     def __init__(self, data, config: Optional[TrainConfig] = None,
                  run_dir: Optional[str] = None, quiet: bool = False,
                  device='cpu', use_tqdm: Optional[bool] = None,
-                 plot: bool = True):
+                 plot: bool = True,
+                 on_stage_end: Optional[Callable[[str, Dict[str, Any]],
+                                                 None]] = None):
         self.config = config if config is not None else TrainConfig()
         self.config.validate()
         self.device = torch.device(device)
@@ -142,6 +149,7 @@ class Trainer:
                                     self.generator)
         self.run = RunDir(run_dir) if run_dir is not None else None
         self.plot = plot
+        self.on_stage_end = on_stage_end
         self.logger = ProgressLogger(
             self.run.file(RunDir.LOG) if self.run else None, quiet=quiet,
             use_tqdm=use_tqdm)
@@ -384,6 +392,8 @@ class Trainer:
         self._save_state(stage, epochs, optimizer, None, bad_evals, elapsed,
                          finished=True)
         self._write_metrics()
+        if self.on_stage_end is not None:
+            self.on_stage_end(stage.name, result)
 
     def _export(self, stage: Stage, user_emb, item_emb,
                 result: Dict[str, Any]) -> None:

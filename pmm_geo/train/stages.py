@@ -105,6 +105,19 @@ def _scores(user: Tensor, item: Tensor, users: Tensor, pos: Tensor,
     return (user * item[pos]).sum(-1), (user * item[neg]).sum(-1)
 
 
+def _bpr_loss(bpr: BPRLoss, model: Module, user: Tensor, item: Tensor,
+              users: Tensor, pos: Tensor, neg: Tensor
+              ) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""BPR of a model with :obj:`user_embedding` / :obj:`item_embedding`
+    tables on the propagated :obj:`user` / :obj:`item` embeddings, with L2
+    on the batch's layer-0 rows; returns the loss and the positive and
+    negative scores."""
+    s_pos, s_neg = _scores(user, item, users, pos, neg)
+    params = [model.user_embedding(users),
+              model.item_embedding(torch.cat([pos, neg]))]
+    return bpr(s_pos, s_neg, params), s_pos, s_neg
+
+
 def build_teacher(config: TrainConfig, ctx: StageContext
                   ) -> MultimodalTeacher:
     r"""The teacher of :obj:`config` for the data of :obj:`ctx` (hard
@@ -227,10 +240,8 @@ class DistillStage(Stage):
         cfg, ctx = self.config, self.ctx
         student = self.modules['student']
         s_user, s_item = student.get_embedding(ctx.graph)
-        s_pos, s_neg = _scores(s_user, s_item, users, pos, neg)
-        items = torch.cat([pos, neg])
-        bpr = self.bpr(s_pos, s_neg, [student.user_embedding(users),
-                                      student.item_embedding(items)])
+        bpr, s_pos, s_neg = _bpr_loss(self.bpr, student, s_user, s_item,
+                                      users, pos, neg)
         loss, parts = bpr, {'bpr': bpr.item()}
         if cfg.kd_pair_weight == cfg.kd_list_weight == cfg.kd_emb_weight == 0:
             return loss, parts
@@ -254,6 +265,7 @@ class DistillStage(Stage):
             loss = loss + cfg.kd_list_weight * listwise
             parts['list_kd'] = listwise.item()
         if cfg.kd_emb_weight > 0:
+            items = torch.cat([pos, neg])
             s_items = s_item[items]
             emb = 0.
             for m, head in self.modules['emb_kd'].items():
@@ -287,10 +299,7 @@ class LightGCNStage(Stage):
     def step(self, users, pos, neg, batch):
         model = self.modules['lightgcn']
         user, item = model.get_embedding(self.ctx.graph)
-        s_pos, s_neg = _scores(user, item, users, pos, neg)
-        params = [model.user_embedding(users),
-                  model.item_embedding(torch.cat([pos, neg]))]
-        return self.bpr(s_pos, s_neg, params), {}
+        return _bpr_loss(self.bpr, model, user, item, users, pos, neg)[0], {}
 
     @torch.no_grad()
     def embeddings(self):
@@ -323,10 +332,7 @@ class LatticeStage(Stage):
         model = self.modules['lattice']
         user, item = model(self.ctx.graph, self.ctx.features,
                            build_item_graph=batch == 0)
-        s_pos, s_neg = _scores(user, item, users, pos, neg)
-        params = [model.user_embedding(users),
-                  model.item_embedding(torch.cat([pos, neg]))]
-        return self.bpr(s_pos, s_neg, params), {}
+        return _bpr_loss(self.bpr, model, user, item, users, pos, neg)[0], {}
 
     @torch.no_grad()
     def embeddings(self):
