@@ -27,8 +27,9 @@ is its own), with the engine's stages and the default
 - ``embed_seconds`` / ``rank_seconds`` / ``inference_seconds``: as in
   ``compare.py``, the served model's forward computations from the
   normalized adjacency (built before, shared by every graph model:
-  ``graph_seconds``) to the final embeddings (median of ``--repeats``), then the top-20 unseen
-  items of every user with the shared chunked scorer (once);
+  ``graph_seconds``) to the final embeddings (median of ``--repeats``),
+  then the top-20 unseen items of every user with the shared chunked
+  scorer (once);
 - ``peak_memory_mb``: peak RSS (Linux ``VmHWM``) of the subprocess over all
   of the above, data (the feature tables alone are 420 MiB) and interpreter
   included; ``base_memory_mb`` is the RSS once the data is loaded;
@@ -145,8 +146,14 @@ def model_worker(name: str, data_path: str, steps: int, repeats: int,
     optimizer = stage.optimizer()
     stage.train_mode()
     num_batches = ctx.sampler.num_batches(config.batch_size)
-    batches = ctx.sampler.epoch_batches(config.batch_size,
-                                        generator=ctx.generator)
+
+    def endless_batches():
+        # Small graphs (--size) have fewer batches than the steps timed.
+        while True:
+            yield from ctx.sampler.epoch_batches(config.batch_size,
+                                                 generator=ctx.generator)
+
+    batches = endless_batches()
 
     cpu_times = []
 
@@ -228,12 +235,30 @@ def _worker_main(argv: Sequence[str]) -> int:
         torch.set_num_threads(int(spec['threads']))
     import warnings
     warnings.filterwarnings('ignore', message='Sparse CSR tensor support')
+    _run_spec(spec)
+    return 0
+
+
+def _run_spec(spec: Dict[str, Any]) -> None:
     if spec['kind'] == 'gen':
         gen_worker(spec['scale'], spec['size'], spec['seed'], spec['path'])
     else:
         model_worker(spec['model'], spec['data'], spec['steps'],
                      spec['repeats'], spec['result'])
-    return 0
+
+
+def _call_in_process(spec: Dict[str, Any], log_path: str) -> bool:
+    # --in-process (tests, debugging): no subprocess, so the peak memory is
+    # that of this whole process.
+    import torch
+    threads = torch.get_num_threads()
+    if spec.get('threads'):
+        torch.set_num_threads(int(spec['threads']))
+    try:
+        _run_spec(spec)
+    finally:
+        torch.set_num_threads(threads)
+    return True
 
 
 def _spawn(spec: Dict[str, Any], log_path: str) -> bool:
@@ -278,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--keep-data', action='store_true',
                         help='keep the generated datasets in DIR')
+    parser.add_argument('--in-process', action='store_true',
+                        help='run the workers in this process (tests; peak '
+                        'memory is then the whole process\'s)')
     parser.add_argument('--no-plot', action='store_true')
     parser.add_argument('--report-only', action='store_true',
                         help='re-render scale.md / scale.png from DIR/'
@@ -297,6 +325,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         _write_report(summary, out, args.no_plot)
         return summary
     os.makedirs(out, exist_ok=True)
+    spawn = _call_in_process if args.in_process else _spawn
     results: Dict[str, Any] = {}
     tic_all = time.perf_counter()
     for scale in args.scales:
@@ -305,21 +334,21 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print(f'[{key}] generating {shape} ...', flush=True)
         path = osp.abspath(osp.join(out, f'data_{key}_size{args.size:g}.pt'))
         tic = time.perf_counter()
-        if not _spawn({'kind': 'gen', 'scale': scale, 'size': args.size,
-                       'seed': args.seed, 'path': path,
-                       'threads': args.threads},
-                      osp.join(out, f'gen_{key}.log')):
+        if not spawn({'kind': 'gen', 'scale': scale, 'size': args.size,
+                      'seed': args.seed, 'path': path,
+                      'threads': args.threads},
+                     osp.join(out, f'gen_{key}.log')):
             raise SystemExit('data generation failed')
         results[key] = {'scale': scale, 'shape': shape, 'models': {},
                         'generate_seconds': time.perf_counter() - tic}
         for name in args.models:
             result = osp.join(out, f'{name}_{key}.json')
             tic = time.perf_counter()
-            ok = _spawn({'kind': 'model', 'model': name, 'data': path,
-                         'steps': args.steps, 'repeats': args.repeats,
-                         'result': osp.abspath(result),
-                         'threads': args.threads},
-                        osp.join(out, f'{name}_{key}.log'))
+            ok = spawn({'kind': 'model', 'model': name, 'data': path,
+                        'steps': args.steps, 'repeats': args.repeats,
+                        'result': osp.abspath(result),
+                        'threads': args.threads},
+                       osp.join(out, f'{name}_{key}.log'))
             if not ok:
                 results[key]['models'][name] = {'failed': True}
                 continue
@@ -418,10 +447,12 @@ def report(summary) -> str:
                 continue
             if first is None:
                 first = row
-            epoch.append(f'{row["cpu_seconds_per_epoch"]:.1f} ('
-                         f'{row["cpu_seconds_per_epoch"] / first["cpu_seconds_per_epoch"]:.2f}x)')
-            peak.append(f'{row["peak_memory_mb"]:,.0f} '
-                        f'({row["peak_memory_mb"] / first["peak_memory_mb"]:.2f}x)')
+            cpu, peak_mb = (row['cpu_seconds_per_epoch'],
+                            row['peak_memory_mb'])
+            epoch.append(f'{cpu:.1f} '
+                         f'({cpu / first["cpu_seconds_per_epoch"]:.2f}x)')
+            peak.append(f'{peak_mb:,.0f} '
+                        f'({peak_mb / first["peak_memory_mb"]:.2f}x)')
         if first is not None:
             lines.append(f'| {name} | ' + ' | '.join(epoch + peak) + ' |')
     lines += ['', '## Targets', '']
@@ -449,7 +480,7 @@ def report(summary) -> str:
                          f' {"PASS" if ok else "MISS"} (>= 5x)')
     items = next(iter(summary['scales'].values()))['shape']['num_items']
     dense = items**2 * 4 / 1024**3
-    lines += ['', f'Dense LATTICE (the original code) would hold I x I float32 '
+    lines += ['', 'Dense LATTICE (the original code) would hold I x I float32 '
               f'matrices: {items:,}^2 x 4 bytes = {dense:.2f} GiB each. By '
               'the analytic estimate of reference/lattice_mmrec.md (not a '
               'measurement), about 5 are alive in steady state '

@@ -1,6 +1,6 @@
-r"""Smoke test of benchmarks/compare.py: the whole pipeline (three engine
-runs, inference timing from the checkpoints, summary, report) on a tiny
-synthetic dataset in the PromptMM on-disk format."""
+r"""Smoke tests of benchmarks/compare.py (three engine runs, inference
+timing from the checkpoints, summary, report) and benchmarks/scale.py
+(generation, per-model step timing, report) on tiny synthetic data."""
 import importlib.util
 import json
 import math
@@ -13,10 +13,11 @@ from pmm_geo.data import modalities, split_edge_index, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARE = ROOT / 'benchmarks' / 'compare.py'
+SCALE = ROOT / 'benchmarks' / 'scale.py'
 
 
-def _load_compare():
-    spec = importlib.util.spec_from_file_location('bench_compare', COMPARE)
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,7 +34,7 @@ def _write_promptmm(data, root: Path) -> None:
 
 
 def test_compare_smoke(tmp_path):
-    compare = _load_compare()
+    compare = _load(COMPARE, 'bench_compare')
     data = synthetic(num_users=40, num_items=60, num_interactions=400,
                      modalities={'image': 12, 'text': 6}, seed=0)
     data_dir = tmp_path / 'data'
@@ -85,3 +86,41 @@ def test_compare_smoke(tmp_path):
         assert row['top_k_shape'] == [40, 20]
     text = (out / 'compare.md').read_text()
     assert 'Table 6' in text and '| student |' in text
+
+
+def test_scale_smoke(tmp_path):
+    scale = _load(SCALE, 'bench_scale')
+    out = tmp_path / 'scale'
+    summary = scale.main(['--size', '0.005', '--scales', '1', '2',
+                          '--steps', '2', '--repeats', '1', '--out',
+                          str(out), '--in-process', '--no-plot'])
+
+    assert set(summary['scales']) == {'1x', '2x'}
+    one, two = summary['scales']['1x'], summary['scales']['2x']
+    # 2x doubles the users and interactions (41,691 and 359,165 at full
+    # size, here x 0.005); the items stay fixed.
+    assert one['shape'] == {'num_users': 208, 'num_items': 107,
+                            'num_interactions': 1796}
+    assert two['shape'] == {'num_users': 417, 'num_items': 107,
+                            'num_interactions': 3592}
+    for entry in (one, two):
+        assert set(entry['models']) == {'teacher', 'student', 'lattice',
+                                        'lightgcn'}
+        for name, row in entry['models'].items():
+            assert not row.get('failed'), name
+            assert len(row['step_seconds']) == min(2, row['steps_per_epoch'])
+            for key in ('seconds_per_epoch', 'embed_seconds',
+                        'rank_seconds', 'peak_memory_mb'):
+                assert math.isfinite(row[key]) and row[key] > 0, (name, key)
+            assert row['inference_seconds'] == pytest.approx(
+                row['embed_seconds'] + row['rank_seconds'])
+        # The student serves ids only; the teacher and LATTICE also carry
+        # the raw 4096-d + 1024-d feature tables.
+        rows = entry['models']
+        features = entry['shape']['num_items'] * (4096 + 1024)
+        assert rows['student']['serving_params'] < features
+        assert rows['teacher']['serving_params'] > features
+        assert rows['lattice']['serving_params'] > features
+    assert (out / 'scale.json').is_file()
+    text = (out / 'scale.md').read_text()
+    assert '## Targets' in text and 'student embed_seconds' in text
