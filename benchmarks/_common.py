@@ -237,7 +237,8 @@ def fmt(stat: Mapping[str, float], digits: int = 4) -> str:
 def machine() -> Dict[str, Any]:
     r"""A short description of the machine and the software."""
     import torch_geometric
-    info = {'platform': platform.platform(), 'python': platform.python_version(),
+    info = {'platform': platform.platform(),
+            'python': platform.python_version(),
             'torch': torch.__version__, 'torch_geometric':
             torch_geometric.__version__, 'cpu_count': os.cpu_count(),
             'torch_threads': torch.get_num_threads(), 'cuda':

@@ -254,7 +254,8 @@ def main(argv=None):
         'dense_item_item_matrix_gb': round(dense_gb, 3),
         'phases': rows,
     }
-    print(f"LATTICE ({result['implementation']}) memory: {args.items} items, {args.users} users, "
+    print(f"LATTICE ({result['implementation']}) memory: {args.items} items, "
+          f"{args.users} users, "
           f"features {args.dims}, d={args.embedding_dim}, "
           f"k={args.knn_k}, block={args.block_size}, device={device}, "
           f"threads={result['threads']}")
