@@ -68,6 +68,11 @@ def test_config_errors_in_code():
         TrainConfig(lr=0)
     with pytest.raises(ConfigError, match='config file not found'):
         TrainConfig.from_json('/no/such/config.json')
+    with pytest.raises(ConfigError, match="'student_init' must be one of"):
+        TrainConfig(student_init='pretrained')
+    with pytest.raises(ConfigError, match='needs student_dim == '
+                       'embedding_dim, got 32 and 64'):
+        TrainConfig(student_init='teacher', student_dim=32)
 
 
 # Checkpoint files -----------------------------------------------------------

@@ -284,3 +284,24 @@ def test_on_stage_end_sees_each_stage_once_with_its_result(data):
     for name, best_epoch, test in calls:
         assert best_epoch == results[name]['best_epoch']
         assert test == results[name]['test']
+
+
+def test_student_init_from_teacher_starts_at_the_teacher(data):
+    # One epoch of stage 2 with lr 0: the student's tables stay what they
+    # were initialized with, the teacher's final fused embeddings.
+    config = tiny_config(epochs=1, student_lr=1e-12, student_init='teacher',
+                         kd_pair_weight=0.0, kd_list_weight=0.0,
+                         kd_emb_weight=0.0, prompt_tuning=False)
+    trainer = Trainer(data, config, quiet=True)
+    trainer.fit()
+    teacher, student = trainer.modules['teacher'], trainer.modules['student']
+    teacher.eval()
+    user, item = teacher.get_embedding(trainer.graph, trainer.features)
+    assert torch.allclose(student.user_embedding.weight, user, atol=1e-6)
+    assert torch.allclose(student.item_embedding.weight, item, atol=1e-6)
+
+    fresh = Trainer(data, config.replace(student_init='fresh'),
+                    quiet=True)
+    fresh.fit()
+    assert not torch.allclose(fresh.modules['student'].user_embedding.weight,
+                              user, atol=1e-2)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Dict, Mapping, Tuple
 
 MODELS = ('promptmm', 'lightgcn', 'lattice')
+STUDENT_INITS = ('fresh', 'teacher')
 
 
 class ConfigError(ValueError):
@@ -55,6 +56,11 @@ class TrainConfig:
             :obj:`lightgcn` baseline. (default: :obj:`3`)
         student_lr (float): Adam learning rate of the student (stage 2) and
             of the :obj:`lightgcn` baseline. (default: :obj:`1e-3`)
+        student_init (str): Layer-0 embeddings of the student:
+            :obj:`"fresh"` (random, as the paper describes) or
+            :obj:`"teacher"` (the teacher's final fused embeddings, as the
+            original code does; needs :obj:`student_dim ==
+            embedding_dim`). (default: :obj:`"fresh"`)
         eval_every (int): Evaluate on the validation split every this many
             epochs. (default: :obj:`1`)
         patience (int): Stop a stage after this many evaluations without an
@@ -126,6 +132,7 @@ class TrainConfig:
     student_dim: int = 64
     student_layers: int = 3
     student_lr: float = 1e-3
+    student_init: str = 'fresh'
     eval_every: int = 1
     patience: int = 50
     ks: Tuple[int, ...] = (10, 20, 50)
@@ -243,6 +250,14 @@ class TrainConfig:
         if not 0 <= self.lattice_lambda <= 1:
             raise ConfigError(f"'lattice_lambda' must be in [0, 1], got "
                               f'{self.lattice_lambda}')
+        if self.student_init not in STUDENT_INITS:
+            raise ConfigError(f"'student_init' must be one of "
+                              f"{STUDENT_INITS}, got '{self.student_init}'")
+        if (self.student_init == 'teacher'
+                and self.student_dim != self.embedding_dim):
+            raise ConfigError(f"'student_init': 'teacher' needs student_dim "
+                              f'== embedding_dim, got {self.student_dim} and '
+                              f'{self.embedding_dim}')
         if self.emb_alpha < 1:
             raise ConfigError(f"'emb_alpha' must be >= 1, got "
                               f'{self.emb_alpha}')

@@ -180,13 +180,17 @@ class DistillStage(Stage):
     prompt keeps learning from the student's loss; the teacher's weights
     stay fixed (no gradient, not in the optimizer) and what does not depend
     on the prompt is computed once (:meth:`MultimodalTeacher.cache_frozen`).
-    Without it, the teacher's outputs are computed once."""
+    Without it, the teacher's outputs are computed once. The student
+    starts from random tables or, with :obj:`student_init="teacher"`, from
+    the teacher's final fused embeddings."""
     name = served = 'student'
 
     def build(self, previous):
         cfg = self.config
         teacher = previous['teacher']
         student = build_student(cfg, self.ctx)
+        if cfg.student_init == 'teacher':
+            self._init_from_teacher(student, teacher)
         heads = ModuleDict()
         for m in teacher.modalities:
             if cfg.student_dim != cfg.embedding_dim:
@@ -202,6 +206,16 @@ class DistillStage(Stage):
         self.list_kd = ListwiseKDLoss(cfg.list_tau, cfg.list_alpha,
                                       cfg.list_beta, cfg.list_reweight)
         self.after_load()
+
+    @torch.no_grad()
+    def _init_from_teacher(self, student: LightGCNStudent,
+                           teacher: MultimodalTeacher) -> None:
+        # The teacher's final fused embeddings (eval mode, stage-1 prompt)
+        # become the student's layer-0 tables.
+        teacher.eval()
+        user, item = teacher.get_embedding(self.ctx.graph, self.ctx.features)
+        student.user_embedding.weight.copy_(user)
+        student.item_embedding.weight.copy_(item)
 
     def after_load(self):
         teacher = self.modules['teacher']
