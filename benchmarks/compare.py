@@ -71,6 +71,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence
@@ -323,8 +324,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         raise SystemExit(f'DATA_DIR not found: {args.data_dir}')
     from pmm_geo.train import TrainConfig
 
-    say = (lambda *a: None) if args.quiet else (
-        lambda *a: print(*a, flush=True))
+    print_lock = threading.Lock()  # training workers report from threads
+
+    def say(*parts) -> None:
+        if not args.quiet:
+            with print_lock:
+                print(*parts, flush=True)
+
     out = args.out
     os.makedirs(osp.join(out, 'runs'), exist_ok=True)
     config = (TrainConfig.from_json(args.config) if args.config else
