@@ -11,9 +11,11 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional,
+                    Tuple)
 
 import torch
 from torch import Tensor
@@ -210,6 +212,55 @@ def time_call(fn, *args, **kwargs) -> Tuple[float, Any]:
     tic = time.perf_counter()
     out = fn(*args, **kwargs)
     return time.perf_counter() - tic, out
+
+
+# ----------------------------------------------------------------------
+# Workers: each benchmark measurement runs in its own subprocess (its own
+# peak memory, its own thread count) or, for tests, in this process.
+
+Spec = Dict[str, Any]
+
+
+def _with_threads(spec: Spec, run_spec: Callable[[Spec], None]) -> None:
+    threads = torch.get_num_threads()
+    if spec.get('threads'):
+        torch.set_num_threads(int(spec['threads']))
+    try:
+        run_spec(spec)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def worker_main(argv: List[str], run_spec: Callable[[Spec], None]) -> int:
+    r"""The :obj:`--worker SPEC_JSON` entry point of a benchmark script."""
+    import warnings
+    warnings.filterwarnings('ignore', message='Sparse CSR tensor support')
+    _with_threads(json.loads(argv[0]), run_spec)
+    return 0
+
+
+def run_in_process(spec: Spec, run_spec: Callable[[Spec], None]) -> None:
+    r"""Runs a worker in this process (tests, debugging: its peak memory is
+    then this whole process's)."""
+    _with_threads(spec, run_spec)
+
+
+def spawn_worker(script: str, spec: Spec, log_path: str) -> Optional[str]:
+    r"""Runs :obj:`script --worker SPEC_JSON` with its output in
+    :obj:`log_path`; returns :obj:`None` on success, else an error message
+    with the tail of the log."""
+    cmd = [sys.executable, os.path.abspath(script), '--worker',
+           json.dumps(spec)]
+    with open(log_path, 'w', encoding='utf-8') as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode == 0:
+        return None
+    with open(log_path, encoding='utf-8', errors='replace') as f:
+        tail = ''.join(f.readlines()[-15:])
+    what = ' '.join(str(spec[k]) for k in ('kind', 'run', 'model')
+                    if k in spec)
+    return (f'worker {what} failed (exit {proc.returncode}); log '
+            f'{log_path}:\n{tail}')
 
 
 # ----------------------------------------------------------------------

@@ -69,7 +69,6 @@ import os
 import os.path as osp
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -225,30 +224,6 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def _worker_main(argv: Sequence[str]) -> int:
-    spec = json.loads(argv[0])
-    import torch
-    if spec.get('threads'):
-        torch.set_num_threads(int(spec['threads']))
-    import warnings
-    warnings.filterwarnings('ignore', message='Sparse CSR tensor support')
-    _run_spec(spec)
-    return 0
-
-
-def _call_in_process(spec: Dict[str, Any], log_path: str) -> None:
-    # --in-process (tests, debugging): no subprocess, so the peak memory is
-    # that of this whole process.
-    import torch
-    threads = torch.get_num_threads()
-    if spec.get('threads'):
-        torch.set_num_threads(int(spec['threads']))
-    try:
-        _run_spec(spec)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _run_spec(spec: Dict[str, Any]) -> None:
     if spec['kind'] == 'train':
         train_worker(spec['data_dir'], spec['run'], spec['seed'],
@@ -259,16 +234,14 @@ def _run_spec(spec: Dict[str, Any]) -> None:
                      spec['result'])
 
 
+def _call_in_process(spec: Dict[str, Any], log_path: str) -> None:
+    C.run_in_process(spec, _run_spec)
+
+
 def _spawn(spec: Dict[str, Any], log_path: str) -> None:
-    cmd = [sys.executable, osp.abspath(__file__), '--worker',
-           json.dumps(spec)]
-    with open(log_path, 'w', encoding='utf-8') as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        with open(log_path, encoding='utf-8', errors='replace') as f:
-            tail = ''.join(f.readlines()[-15:])
-        raise RuntimeError(f"worker {spec['kind']} failed (exit "
-                           f'{proc.returncode}); log {log_path}:\n{tail}')
+    error = C.spawn_worker(__file__, spec, log_path)
+    if error is not None:
+        raise RuntimeError(error)
 
 
 # ----------------------------------------------------------------------
@@ -605,5 +578,5 @@ def plot(runs, path: str, say) -> None:
 
 if __name__ == '__main__':
     if len(sys.argv) > 1 and sys.argv[1] == '--worker':
-        sys.exit(_worker_main(sys.argv[2:]))
+        sys.exit(C.worker_main(sys.argv[2:], _run_spec))
     main()

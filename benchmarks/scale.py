@@ -46,11 +46,9 @@ Usage::
 """
 import argparse
 import json
-import math
 import os
 import os.path as osp
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -228,17 +226,6 @@ def model_worker(name: str, data_path: str, steps: int, repeats: int,
     })
 
 
-def _worker_main(argv: Sequence[str]) -> int:
-    spec = json.loads(argv[0])
-    import torch
-    if spec.get('threads'):
-        torch.set_num_threads(int(spec['threads']))
-    import warnings
-    warnings.filterwarnings('ignore', message='Sparse CSR tensor support')
-    _run_spec(spec)
-    return 0
-
-
 def _run_spec(spec: Dict[str, Any]) -> None:
     if spec['kind'] == 'gen':
         gen_worker(spec['scale'], spec['size'], spec['seed'], spec['path'])
@@ -248,31 +235,15 @@ def _run_spec(spec: Dict[str, Any]) -> None:
 
 
 def _call_in_process(spec: Dict[str, Any], log_path: str) -> bool:
-    # --in-process (tests, debugging): no subprocess, so the peak memory is
-    # that of this whole process.
-    import torch
-    threads = torch.get_num_threads()
-    if spec.get('threads'):
-        torch.set_num_threads(int(spec['threads']))
-    try:
-        _run_spec(spec)
-    finally:
-        torch.set_num_threads(threads)
+    C.run_in_process(spec, _run_spec)
     return True
 
 
 def _spawn(spec: Dict[str, Any], log_path: str) -> bool:
-    cmd = [sys.executable, osp.abspath(__file__), '--worker',
-           json.dumps(spec)]
-    with open(log_path, 'w', encoding='utf-8') as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        with open(log_path, encoding='utf-8', errors='replace') as f:
-            tail = ''.join(f.readlines()[-10:])
-        print(f"worker {spec['kind']} {spec.get('model', '')} failed (exit "
-              f'{proc.returncode}, log {log_path}):\n{tail}', flush=True)
-        return False
-    return True
+    error = C.spawn_worker(__file__, spec, log_path)
+    if error is not None:
+        print(error, flush=True)
+    return error is None
 
 
 # ----------------------------------------------------------------------
@@ -543,5 +514,5 @@ def plot(summary, path: str) -> None:
 
 if __name__ == '__main__':
     if len(sys.argv) > 1 and sys.argv[1] == '--worker':
-        sys.exit(_worker_main(sys.argv[2:]))
+        sys.exit(C.worker_main(sys.argv[2:], _run_spec))
     main()
