@@ -221,7 +221,10 @@ def time_call(fn, *args, **kwargs) -> Tuple[float, Any]:
 Spec = Dict[str, Any]
 
 
-def _with_threads(spec: Spec, run_spec: Callable[[Spec], None]) -> None:
+def run_in_process(spec: Spec, run_spec: Callable[[Spec], None]) -> None:
+    r"""Runs a worker in this process with the spec's thread count (also
+    :obj:`--in-process` for tests and debugging: its peak memory is then
+    this whole process's)."""
     threads = torch.get_num_threads()
     if spec.get('threads'):
         torch.set_num_threads(int(spec['threads']))
@@ -235,14 +238,8 @@ def worker_main(argv: List[str], run_spec: Callable[[Spec], None]) -> int:
     r"""The :obj:`--worker SPEC_JSON` entry point of a benchmark script."""
     import warnings
     warnings.filterwarnings('ignore', message='Sparse CSR tensor support')
-    _with_threads(json.loads(argv[0]), run_spec)
+    run_in_process(json.loads(argv[0]), run_spec)
     return 0
-
-
-def run_in_process(spec: Spec, run_spec: Callable[[Spec], None]) -> None:
-    r"""Runs a worker in this process (tests, debugging: its peak memory is
-    then this whole process's)."""
-    _with_threads(spec, run_spec)
 
 
 def spawn_worker(script: str, spec: Spec, log_path: str) -> Optional[str]:
