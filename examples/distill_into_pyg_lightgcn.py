@@ -226,7 +226,12 @@ if __name__ == '__main__':
     parser.add_argument('--student-epochs', type=int, default=30)
     parser.add_argument('--student-dim', type=int, default=32)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch threads (default: the cores this '
+                        'process may use)')
     args = parser.parse_args()
+    from pmm_geo.train import set_threads
+    set_threads(args.threads)
     dataset = None
     if args.data is not None:
         from pmm_geo.data.readers import read_promptmm

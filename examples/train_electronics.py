@@ -8,11 +8,13 @@ format (``train.json``, ``val.json``, ``test.json``, ``image_feat.npy``,
 shape of Electronics (``pmm_geo.data.synthetic_electronics``), scaled down
 so that the whole run takes about five minutes on 2 CPU cores
 (``--scale 1.0`` for the full size). On a machine shared with other jobs,
-run it with ``OMP_NUM_THREADS=1`` (more threads than free cores makes the
-sparse kernels spin). Synthetic numbers only show that the
+run it with ``--threads 1`` (more threads than free cores makes the
+sparse kernels spin; the default is the cores this process may use).
+Synthetic numbers only show that the
 pipeline works; they say nothing about Amazon Electronics.
 
     python examples/train_electronics.py                    # synthetic
+    python examples/train_electronics.py --threads 1        # shared machine
     python examples/train_electronics.py --root data/electronics --scale 1
 
 It ends with a table: teacher vs student Recall@20, NDCG@20, parameters and
@@ -30,7 +32,7 @@ import torch
 from pmm_geo.data import EDGE_TYPE
 from pmm_geo.data.readers import read_promptmm
 from pmm_geo.data.synthetic import synthetic_electronics
-from pmm_geo.train import Trainer, TrainConfig
+from pmm_geo.train import Trainer, TrainConfig, set_threads
 
 #: Default scale of the synthetic data (users, items and interactions; the
 #: feature widths stay 4096 and 1024): about five minutes on 2 CPU cores.
@@ -58,6 +60,9 @@ def parse_args(argv=None):
                         help='run directory (default: runs/electronics)')
     parser.add_argument('--resume', action='store_true')
     parser.add_argument('--quiet', action='store_true')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch threads (default: OMP_NUM_THREADS, else '
+                        'the cores this process may use)')
     return parser.parse_args(argv)
 
 
@@ -99,6 +104,7 @@ def seconds_to_score_all_users(embed, k=20, repeats=3,
 def main(argv=None):
     args = parse_args(argv)
     warnings.filterwarnings('ignore', message='Sparse CSR tensor support')
+    set_threads(args.threads)
     data = load_data(args)
     config = (TrainConfig.from_json(args.config) if args.config
               else TrainConfig())

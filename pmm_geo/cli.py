@@ -4,6 +4,7 @@ r"""The :obj:`pmm-geo` command line (also :obj:`python -m pmm_geo`).
 
     pmm-geo train DATA_DIR --out RUN_DIR [--model promptmm|lightgcn|lattice]
         [--seed N] [--epochs N] [--config FILE] [--resume] [--quiet]
+        [--threads N]
     pmm-geo evaluate RUN_DIR [--json]
     pmm-geo recommend RUN_DIR --users 0 1 2 [-k 20]
 
@@ -81,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help='continue the interrupted run in RUN_DIR')
     train.add_argument('--quiet', action='store_true',
                        help='no progress output')
+    train.add_argument('--threads', type=_positive_int, default=None,
+                       metavar='N', help='torch threads of each process '
+                       '(default: OMP_NUM_THREADS, else the cores this '
+                       'process may use divided among the processes)')
 
     evaluate = sub.add_parser('evaluate', help='print the metrics of a run',
                               description='Print the validation and test '
@@ -107,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from pmm_geo.data.readers import read_promptmm
-    from pmm_geo.train import RunDir, Trainer, TrainConfig
+    from pmm_geo.train import RunDir, Trainer, TrainConfig, set_threads
 
     if not os.path.isdir(args.data_dir):
         raise CommandError(f'DATA_DIR not found: {args.data_dir}')
@@ -137,6 +142,7 @@ def _train(args) -> int:
                   else TrainConfig())
         if overrides:
             config = config.replace(**overrides)
+    set_threads(args.threads)
     data = read_promptmm(args.data_dir)
     trainer = Trainer(data, config, run_dir=args.out, quiet=args.quiet)
     results = trainer.fit(resume=args.resume)
@@ -210,9 +216,21 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def _show_warning(message, category, filename, lineno, file=None,
+                  line=None) -> None:
+    print(f'{PROG}: warning: {message}', file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     r"""Runs the command line; returns the exit status."""
-    warnings.filterwarnings('ignore', message='Sparse CSR tensor support')
+    with warnings.catch_warnings():  # Restored on return (in-process use).
+        warnings.filterwarnings('ignore', message='Sparse CSR tensor '
+                                'support')
+        warnings.showwarning = _show_warning  # One line, no source echo.
+        return _main(argv)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     from pmm_geo.data import DataFormatError
     from pmm_geo.train import CheckpointError, ConfigError
 

@@ -175,3 +175,30 @@ def test_python_dash_m_entry_point(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == (f'pmm-geo evaluate: error: RUN_DIR not '
                                      f"found: {tmp_path / 'x'}")
+
+
+def test_threads_option_sets_torch_threads(dataset, config_file, tmp_path,
+                                           monkeypatch, capsys):
+    import torch
+
+    from pmm_geo.train import threads as threads_module
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads_module, 'available_cores', lambda: 2)
+    try:
+        code = main(['train', str(dataset[0]), '--out', str(tmp_path / 'a'),
+                     '--config', str(config_file), '--epochs', '1',
+                     '--quiet', '--threads', '1'])
+        assert code == 0 and torch.get_num_threads() == 1
+        assert 'warning' not in capsys.readouterr().err
+        # Three threads on two cores: honoured, with one warning line.
+        code = main(['train', str(dataset[0]), '--out', str(tmp_path / 'b'),
+                     '--config', str(config_file), '--epochs', '1',
+                     '--quiet', '--threads', '3'])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 0 and torch.get_num_threads() == 3
+        assert err == ['pmm-geo: warning: --threads 3 oversubscribes the 2 '
+                       'cores this process may use (sparse kernels then '
+                       'spin); use 2']
+    finally:
+        torch.set_num_threads(before)

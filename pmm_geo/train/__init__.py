@@ -10,6 +10,12 @@ from .config import MODELS, ConfigError, TrainConfig
 from .engine import SELECT_METRIC, Trainer, TrainingInterrupted
 from .progress import ProgressLogger, plot_curves
 from .run import SERVED, Recommender, RunDir, load_recommender
+from .threads import (
+    ThreadWarning,
+    available_cores,
+    default_threads,
+    set_threads,
+)
 
 __all__ = [
     'TrainConfig',
@@ -28,4 +34,8 @@ __all__ = [
     'Recommender',
     'load_recommender',
     'SERVED',
+    'set_threads',
+    'default_threads',
+    'available_cores',
+    'ThreadWarning',
 ]
