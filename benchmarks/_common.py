@@ -72,47 +72,15 @@ def reset_peak_rss() -> bool:
 # ----------------------------------------------------------------------
 # Ranking: the one scorer every model's inference is timed with
 
-def exclusion_csr(train_edge_index: Tensor, num_users: int
-                  ) -> Tuple[Tensor, Tensor]:
-    r"""The train items of every user as CSR :obj:`(ptr [U + 1], item)`."""
-    user, item = train_edge_index.long()
-    order = torch.argsort(user * (int(item.max()) + 1) + item)
-    user, item = user[order], item[order]
-    ptr = torch.zeros(num_users + 1, dtype=torch.long)
-    torch.cumsum(torch.bincount(user, minlength=num_users), 0, out=ptr[1:])
-    return ptr, item
-
-
-@torch.no_grad()
 def rank_all_users(user_emb: Tensor, item_emb: Tensor,
-                   train_edge_index: Tensor, k: int = 20,
-                   batch_size: Optional[int] = None) -> Tensor:
-    r"""Top-:obj:`k` unseen items of *every* user, :obj:`[U, k]`: scores
-    :math:`\mathbf{e}_u^\top \mathbf{e}_i` in chunks of users (as
-    :func:`pmm_geo.evaluate` does: at most 64 MiB of scores alive), the
-    user's train items masked with :obj:`-inf`, one :func:`torch.topk` per
-    chunk. The same code ranks every model, so rank times differ only by
-    embedding width and machine noise."""
-    from pmm_geo.evaluation import default_batch_size
-
-    num_users, num_items = user_emb.size(0), item_emb.size(0)
-    if batch_size is None:
-        batch_size = default_batch_size(num_items, user_emb.dtype)
-    ptr, items = exclusion_csr(train_edge_index, num_users)
-    item_t = item_emb.t()
-    out = torch.empty(num_users, k, dtype=torch.long)
-    for start in range(0, num_users, batch_size):
-        end = min(start + batch_size, num_users)
-        scores = user_emb[start:end] @ item_t
-        lo, hi = int(ptr[start]), int(ptr[end])
-        rows = torch.repeat_interleave(
-            torch.arange(end - start), ptr[start + 1:end + 1] -
-            ptr[start:end], output_size=hi - lo)
-        scores.view(-1).index_fill_(0, rows * num_items + items[lo:hi],
-                                    float('-inf'))
-        out[start:end] = scores.topk(k, dim=1).indices
-        del scores
-    return out
+                   train_edge_index: Tensor, k: int = 20) -> Tensor:
+    r"""Top-:obj:`k` unseen items of *every* user, :obj:`[U, k]`, with
+    :func:`pmm_geo.ranking.recommend_items` (chunks of at most 64 MiB of
+    scores, train items masked, one :func:`torch.topk` per chunk): the same
+    code ranks every model, so rank times differ only by embedding width
+    and machine noise."""
+    from pmm_geo.ranking import recommend_items
+    return recommend_items(user_emb, item_emb, k, exclude=train_edge_index)
 
 
 # ----------------------------------------------------------------------

@@ -3,8 +3,9 @@ r"""Distil the pmm_geo multimodal teacher into PyG's stock LightGCN.
 The student here is :class:`torch_geometric.nn.models.LightGCN` itself, on
 the homogeneous graph PyG's LightGCN expects (users :obj:`0..U-1`, items
 :obj:`U..U+I-1`): no pmm_geo model class on the student side. pmm_geo
-provides the teacher, the negative sampler, the four losses, the cached
-normalized adjacency (handed to LightGCN as a pre-normalized sparse
+provides the teacher, the negative sampler, the student objective
+(:class:`pmm_geo.nn.PromptMMObjective`, the very module the engine's stage 2
+trains with), the cached normalized adjacency (handed to LightGCN as a pre-normalized sparse
 :obj:`adj_t` with :obj:`normalize=False`, which is also 5-10x faster than
 LightGCN's default :obj:`edge_index` path on CPU) and the evaluation.
 
@@ -12,10 +13,10 @@ LightGCN's default :obj:`edge_index` path on CPU) and the evaluation.
 2. Freeze it and compute its fused and per-modality embeddings once (the
    soft prompt stays fixed here; :mod:`pmm_geo.train` also tunes it in
    stage 2).
-3. Train the PyG LightGCN on
+3. Train the PyG LightGCN on the objective
    :math:`\mathcal{L}_{BPR} + \lambda_{pair} \mathcal{L}_{pair} +
    \lambda_{list} \sum_m \mathcal{L}_{list}^m + \lambda_{emb} \sum_m
-   \mathcal{L}_{emb}^m`.
+   \mathcal{L}_{emb}^m` (:func:`batch_loss`: wiring only).
 
 Run ``python examples/distill_into_pyg_lightgcn.py`` (synthetic planted
 data) or ``python examples/distill_into_pyg_lightgcn.py --data DIR`` for a
@@ -34,8 +35,7 @@ import pmm_geo
 from pmm_geo.data import (EDGE_TYPE, NegativeSampler, get_adjacency,
                           modalities)
 from pmm_geo.data.synthetic import synthetic
-from pmm_geo.nn import (BPRLoss, EmbeddingKDLoss, ListwiseKDLoss,
-                        MultimodalTeacher, PairwiseKDLoss)
+from pmm_geo.nn import MultimodalTeacher, PromptMMObjective
 
 
 def homogeneous_adj_t(data) -> Tensor:
@@ -78,27 +78,40 @@ def train_teacher(data, features, sampler, dim, layers, epochs, batch_size,
     return teacher
 
 
+def build_objective(targets, student_dim: int,
+                    weights: Dict[str, float]) -> PromptMMObjective:
+    r"""The PromptMM student objective (BPR + pairwise + listwise +
+    embedding KD, with its train-only heads d_s -> d) for these targets."""
+    return PromptMMObjective(
+        list(targets.modal_item), student_dim, targets.user.size(1),
+        pair_weight=weights['pair'], list_weight=weights['list'],
+        emb_weight=weights['emb'], lambda_reg=weights['reg'],
+        pair_tau=weights['tau'], list_tau=weights['tau'])
+
+
+def batch_loss(objective: PromptMMObjective, student: LightGCN, adj_t,
+               targets, users, pos, neg, lists):
+    r"""The objective of one batch for PyG's LightGCN: its homogeneous
+    embedding split into users :obj:`0..U-1` and items :obj:`U..U+I-1`."""
+    num_users = targets.user.size(0)
+    emb = student.get_embedding(adj_t)
+    table = student.embedding.weight
+    return objective(emb[:num_users], emb[num_users:], targets, users, pos,
+                     neg, lists, input_emb=(table[:num_users],
+                                            table[num_users:]))
+
+
 def distil(data, targets, sampler, dim, layers, epochs, batch_size, lr,
            num_negatives, weights, generator, log):
     num_users, num_items = data['user'].num_nodes, data['item'].num_nodes
-    teacher_dim = targets.user.size(1)
     adj_t = homogeneous_adj_t(data)
 
     # The student: PyG's LightGCN, untouched.
     student = LightGCN(num_users + num_items, dim, num_layers=layers,
                        normalize=False)
-    bpr = BPRLoss(lambda_reg=weights['reg'])
-    pairwise = PairwiseKDLoss(tau=weights['tau'])
-    listwise = ListwiseKDLoss(tau=weights['tau'])
-    # One train-only head per modality maps d_s -> d (not part of the
-    # served student).
-    embedding_kd = torch.nn.ModuleDict({
-        m: EmbeddingKDLoss(alpha=2., in_channels=dim,
-                           out_channels=teacher_dim)
-        for m in targets.modal_item
-    })
+    objective = build_objective(targets, dim, weights)
     optimizer = torch.optim.Adam(
-        list(student.parameters()) + list(embedding_kd.parameters()), lr=lr)
+        list(student.parameters()) + list(objective.parameters()), lr=lr)
 
     history = []
     for epoch in range(epochs):
@@ -106,31 +119,8 @@ def distil(data, targets, sampler, dim, layers, epochs, batch_size, lr,
         for users, pos, neg in sampler.epoch_batches(batch_size, generator):
             lists = sampler.candidate_lists(users, pos, num_negatives,
                                             generator)
-            emb = student.get_embedding(adj_t)
-            user_emb, item_emb = emb[:num_users], emb[num_users:]
-            s_user = user_emb[users]
-
-            s_pos = (s_user * item_emb[pos]).sum(-1)
-            s_neg = (s_user * item_emb[neg]).sum(-1)
-            node_id = torch.cat([users, num_users + pos, num_users + neg])
-            loss = bpr(s_pos, s_neg, student.embedding.weight[node_id])
-
-            t_user = targets.user[users]
-            t_margin = (t_user * (targets.item[pos] - targets.item[neg])).sum(
-                -1)
-            loss = loss + weights['pair'] * pairwise(s_pos - s_neg, t_margin)
-
-            s_logits = (s_user.unsqueeze(1) * item_emb[lists]).sum(-1)
-            batch_items = torch.unique(torch.cat([pos, neg]))
-            for m in targets.modal_item:
-                # Modality-aware: the teacher's lists come from branch m.
-                t_logits = (targets.modal_user[m][users].unsqueeze(1) *
-                            targets.modal_item[m][lists]).sum(-1)
-                loss = loss + weights['list'] * listwise(s_logits, t_logits)
-                loss = loss + weights['emb'] * embedding_kd[m](
-                    item_emb[batch_items],
-                    targets.modal_item[m][batch_items])
-
+            loss, _ = batch_loss(objective, student, adj_t, targets, users,
+                                 pos, neg, lists)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -4,21 +4,16 @@ from typing import Dict, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .data.cache import DATA_CACHE
 from .data.hetero import EDGE_TYPE, ITEM, USER, split_edge_index
-
-#: Memory budget of one score chunk when :obj:`batch_size=None`: the chunk
-#: holds :obj:`batch_size x num_items` scores, so the default batch size is
-#: :obj:`DEFAULT_CHUNK_BYTES // (num_items * element_size)` users (about
-#: 2,380 users on Amazon Baby's 7,050 items in float32).
-DEFAULT_CHUNK_BYTES = 64 * 2**20
-
+from .ranking import (ExcludedItems, default_batch_size, excluded_items,
+                      topk_items)
 
 class RankingIndex(NamedTuple):
     r"""What full ranking needs from the data for one split, with users
     renumbered :obj:`0..num_eval_users-1` (only users with held-out items)."""
     users: Tensor  # [V] global ids of the evaluated users, ascending.
-    exclude_ptr: Tensor  # [V + 1] CSR row pointer into exclude_keys.
-    exclude_keys: Tensor  # Sorted local_user * I + item of masked items.
+    exclude: ExcludedItems  # Masked items of each evaluated user.
     target_keys: Tensor  # Sorted local_user * I + item of held-out items.
     target_count: Tensor  # [V] held-out items per evaluated user.
 
@@ -46,18 +41,13 @@ def ranking_index(data, split: str = 'test') -> RankingIndex:
     excluded = torch.cat(excluded, dim=1).to(target.device)
     row = local[excluded[0]]
     keep = row >= 0  # Users without held-out items are not ranked at all.
-    exclude_keys = torch.sort(row[keep] * num_items + excluded[1, keep])[0]
-    counts = torch.bincount(exclude_keys // num_items,
-                            minlength=users.numel())
-    exclude_ptr = torch.zeros(users.numel() + 1, dtype=torch.long,
-                              device=target.device)
-    torch.cumsum(counts, dim=0, out=exclude_ptr[1:])
+    exclude = excluded_items(row[keep], excluded[1, keep], users.numel(),
+                             num_items)
 
     target_keys = torch.unique(local[target[0]] * num_items + target[1])
     target_count = torch.bincount(target_keys // num_items,
                                   minlength=users.numel())
-    return RankingIndex(users, exclude_ptr, exclude_keys,
-                        target_keys, target_count)
+    return RankingIndex(users, exclude, target_keys, target_count)
 
 
 def get_ranking_index(data, split: str = 'test',
@@ -66,30 +56,24 @@ def get_ranking_index(data, split: str = 'test',
     built on first use and cached on the data object (evaluation runs every
     epoch; the index only changes when the split tensors are replaced)."""
     store = data[EDGE_TYPE]
-    # The split tensors themselves (held, so no new tensor can reuse their
-    # memory) and the node counts identify the data the index was built on.
-    stamp = [data[USER].num_nodes, data[ITEM].num_nodes] + [
+    # The split tensors themselves and the node counts identify the data
+    # the index was built on.
+    sources = [data[USER].num_nodes, data[ITEM].num_nodes] + [
         store[name] if name in store else None
         for name in ('edge_index', 'val_edge_index', 'test_edge_index')
     ]
-    cache = store.__dict__.setdefault('_pmm_ranking_index', {})
-    key = (split, str(device))
-    cached = cache.get(key)
-    if cached is None or not (cached[0][:2] == stamp[:2] and all(
-            a is b for a, b in zip(cached[0][2:], stamp[2:]))):
+
+    def build() -> RankingIndex:
         index = ranking_index(data, split)
-        if device is not None:
-            index = RankingIndex(*(t.to(device) for t in index))
-        cache[key] = (stamp, index)
-    return cache[key][1]
+        if device is None:
+            return index
+        exclude = ExcludedItems(*(t.to(device) for t in index.exclude))
+        return RankingIndex(index.users.to(device), exclude,
+                            index.target_keys.to(device),
+                            index.target_count.to(device))
 
-
-def default_batch_size(num_items: int, dtype: torch.dtype = torch.float32,
-                       chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-    r"""Users per score chunk such that a chunk of
-    :obj:`batch_size x num_items` scores stays within :obj:`chunk_bytes`."""
-    element_size = torch.empty((), dtype=dtype).element_size()
-    return max(1, chunk_bytes // (max(1, num_items) * element_size))
+    return DATA_CACHE.get(data, ('ranking_index', split, str(device)),
+                          sources, build)
 
 
 @torch.no_grad()
@@ -169,53 +153,20 @@ def evaluate(
     batch_size = int(batch_size)
 
     index = get_ranking_index(data, split, user_emb.device)
-    # Per chunk only the matmul, the masking and the top-k (written in place
-    # into the full result); the hit test runs once over all
-    # [num_eval_users, max(ks)] results, keeping kernel launches few.
-    max_k, num_eval = max(ks), index.users.numel()
-    values = user_emb.new_empty(num_eval, max_k)
-    indices = torch.empty(num_eval, max_k, dtype=torch.long,
-                          device=user_emb.device)
-    for start, scores in _masked_scores(user_emb, item_emb, index,
-                                        batch_size):
-        end = start + scores.size(0)
-        torch.topk(scores, max_k, dim=1, out=(values[start:end],
-                                               indices[start:end]))
-        del scores  # Else two chunks are alive during the next matmul.
+    # Per chunk only the matmul, the masking and the top-k; the hit test
+    # runs once over all [num_eval_users, max(ks)] results, keeping kernel
+    # launches few.
+    values, indices = topk_items(_eval_rows(user_emb, index), item_emb.detach(),
+                                 max(ks), index.exclude, batch_size)
     hits = _hits(values, indices, index, num_items)
     return _metrics(hits, index.target_count, ks, legacy_ndcg)
 
 
-def _masked_scores(user_emb: Tensor, item_emb: Tensor, index: RankingIndex,
-                   batch_size: int):
-    r"""Yields :obj:`(start, scores)` for each chunk of evaluated users
-    :obj:`index.users[start:start + batch_size]`: their scores over all
-    items :obj:`[chunk, num_items]`, excluded items masked with
-    :obj:`-inf`. The chunk is freed before the next one is computed."""
-    num_items = item_emb.size(0)
-    item_emb_t = item_emb.detach().t()
-    num_eval = index.users.numel()
-    if num_eval == user_emb.size(0):  # Every user is evaluated: no gather.
-        eval_emb = user_emb.detach()
-    else:  # One gather of the evaluated rows ([num_eval, d], small).
-        eval_emb = user_emb.detach().index_select(0, index.users)
-    for start in range(0, num_eval, batch_size):
-        end = min(start + batch_size, num_eval)
-        scores = eval_emb[start:end] @ item_emb_t
-        _mask_(scores, index, start, end, num_items)
-        yield start, scores
-        del scores  # Free the chunk before the next one is allocated.
-
-
-def _mask_(scores: Tensor, index: RankingIndex, start: int, end: int,
-           num_items: int) -> None:
-    ptr = index.exclude_ptr
-    lo, hi = int(ptr[start]), int(ptr[end])
-    if hi == lo:
-        return
-    # Keys of this chunk's rows, shifted to flat offsets into the chunk.
-    flat = index.exclude_keys[lo:hi] - start * num_items
-    scores.view(-1).index_fill_(0, flat, float('-inf'))
+def _eval_rows(user_emb: Tensor, index: RankingIndex) -> Tensor:
+    if index.users.numel() == user_emb.size(0):  # Everyone: no gather.
+        return user_emb.detach()
+    # One gather of the evaluated rows ([num_eval, d], small).
+    return user_emb.detach().index_select(0, index.users)
 
 
 def _hits(values: Tensor, indices: Tensor, index: RankingIndex,

@@ -58,3 +58,65 @@ def test_distilled_pyg_lightgcn_beats_random(example):
     assert metrics['teacher']['recall@20'] > 2 * random, metrics['teacher']
     assert metrics['student']['recall@20'] > 2 * random, metrics['student']
     assert metrics['student_test']['recall@20'] > 2 * random
+
+
+def test_engine_and_example_train_on_the_same_objective(example):
+    # The engine's stage-2 loss and the example's are one module, and on a
+    # fixed batch they give the same loss, parts and gradients (the student
+    # tables copied into PyG's LightGCN, the same candidate lists).
+    from pmm_geo.nn import PromptMMObjective
+    from pmm_geo.train import Trainer, TrainConfig
+    from pmm_geo.train.stages import DistillStage, TeacherStage
+
+    data = synthetic(num_users=120, num_items=90, num_interactions=1500,
+                     seed=0)
+    config = TrainConfig(embedding_dim=16, student_dim=8, num_layers=2,
+                         student_layers=2, num_list_negatives=5,
+                         prompt_tuning=False, kd_emb_weight=0.5)
+    ctx = Trainer(data, config, quiet=True, plot=False).context
+    teacher = TeacherStage(ctx)
+    teacher.build({})
+    stage = DistillStage(ctx)
+    stage.build(teacher.modules)
+    targets = stage.teacher_targets()
+    objective = example.build_objective(targets, 8, {
+        'pair': config.kd_pair_weight, 'list': config.kd_list_weight,
+        'emb': config.kd_emb_weight, 'reg': config.reg_weight, 'tau': 1.})
+    assert type(stage.objective) is PromptMMObjective
+    assert type(objective) is PromptMMObjective
+    objective.load_state_dict(stage.objective.state_dict())  # Same heads.
+
+    student = stage.modules['student']
+    num_users = data['user'].num_nodes
+    pyg = LightGCN(num_users + data['item'].num_nodes, 8, num_layers=2,
+                   normalize=False)
+    with torch.no_grad():
+        pyg.embedding.weight.copy_(torch.cat([student.user_embedding.weight,
+                                              student.item_embedding.weight]))
+    users, pos, neg = next(ctx.sampler.epoch_batches(
+        64, generator=torch.Generator().manual_seed(1)))
+    ctx.generator.manual_seed(2)
+    engine_loss, engine_parts = stage.step(users, pos, neg, 0)
+    lists = ctx.sampler.candidate_lists(
+        users, pos, 5, generator=torch.Generator().manual_seed(2))
+    loss, parts = example.batch_loss(objective, pyg,
+                                     example.homogeneous_adj_t(data),
+                                     targets, users, pos, neg, lists)
+
+    assert set(parts) == set(engine_parts) == {'bpr', 'pair_kd', 'list_kd',
+                                               'emb_kd'}
+    for name, part in parts.items():
+        assert part.item() > 0, name
+        assert part.item() == pytest.approx(engine_parts[name], rel=1e-5)
+    assert loss.item() == pytest.approx(engine_loss.item(), rel=1e-5)
+    engine_loss.backward()
+    loss.backward()
+    grad = pyg.embedding.weight.grad
+    assert torch.allclose(grad[:num_users], student.user_embedding.weight.grad,
+                          atol=1e-6)
+    assert torch.allclose(grad[num_users:], student.item_embedding.weight.grad,
+                          atol=1e-6)
+    for m, head in objective.emb_kd.items():
+        assert torch.allclose(head.head.weight.grad,
+                              stage.objective.emb_kd[m].head.weight.grad,
+                              atol=1e-6)

@@ -12,11 +12,8 @@ from torch_geometric.metrics import (
 import pmm_geo
 from pmm_geo import evaluate
 from pmm_geo.data import from_arrays, split_edge_index
-from pmm_geo.evaluation import (
-    _masked_scores,
-    default_batch_size,
-    ranking_index,
-)
+from pmm_geo.evaluation import default_batch_size, ranking_index
+from pmm_geo.ranking import masked_scores
 
 
 def random_data(num_users=40, num_items=60, seed=0):
@@ -134,7 +131,8 @@ def test_excluded_items_never_retrieved():
     for name in ('train', 'val'):
         seen |= set(map(tuple, split_edge_index(data, name).t().tolist()))
     retrieved = []
-    for start, scores in _masked_scores(user, item, index, batch_size=6):
+    for start, scores in masked_scores(user[index.users], item,
+                                       index.exclude, batch_size=6):
         top = scores.topk(20, dim=1)
         for row, items in enumerate(top.indices.tolist()):
             u = int(index.users[start + row])

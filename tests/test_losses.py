@@ -397,3 +397,92 @@ def test_reprs():
     assert repr(EmbeddingKDLoss()) == 'EmbeddingKDLoss(alpha=2.0)'
     assert repr(EmbeddingKDLoss(3, 16, 64)) == (
         'EmbeddingKDLoss(alpha=3.0, in_channels=16, out_channels=64)')
+
+
+def _objective_inputs(seed=0, num_users=6, num_items=9, d_s=4, d=5):
+    from pmm_geo.nn.models import TeacherOutput
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    teacher = TeacherOutput(rand(num_users, d), rand(num_items, d),
+                            {'image': rand(num_users, d),
+                             'text': rand(num_users, d)},
+                            {'image': rand(num_items, d),
+                             'text': rand(num_items, d)})
+    users = torch.tensor([0, 1, 1, 5])
+    pos, neg = torch.tensor([2, 3, 3, 8]), torch.tensor([4, 0, 7, 8])
+    lists = torch.tensor([[2, 4, 5], [3, 0, 1], [3, 7, 6], [8, 8, 0]])
+    return (rand(num_users, d_s), rand(num_items, d_s), teacher, users, pos,
+            neg, lists)
+
+
+def test_prompt_mm_objective_is_the_weighted_sum_of_the_losses():
+    from pmm_geo.nn import PromptMMObjective
+    user, item, teacher, users, pos, neg, lists = _objective_inputs()
+    objective = PromptMMObjective(['image', 'text'], 4, 5, pair_weight=0.5,
+                                  list_weight=2., emb_weight=0.25,
+                                  lambda_reg=0.1)
+    table = (user * 2, item * 2)  # Layer-0 tables for the L2 term.
+    loss, parts = objective(user, item, teacher, users, pos, neg, lists,
+                            input_emb=table)
+
+    def dot(a, b):
+        return (a * b).sum(-1)
+
+    s_pos, s_neg = dot(user[users], item[pos]), dot(user[users], item[neg])
+    t_pos = dot(teacher.user[users], teacher.item[pos])
+    t_neg = dot(teacher.user[users], teacher.item[neg])
+    l2 = (table[0][users].pow(2).sum() + table[1][pos].pow(2).sum() +
+          table[1][neg].pow(2).sum())
+    bpr = BPRLoss(0.1)(s_pos, s_neg, [l2.sqrt()])
+    pair = PairwiseKDLoss()(s_pos - s_neg, t_pos - t_neg)
+    s_list = dot(user[users].unsqueeze(1), item[lists])
+    listwise = sum(ListwiseKDLoss()(s_list, dot(
+        teacher.modal_user[m][users].unsqueeze(1),
+        teacher.modal_item[m][lists])) for m in ('image', 'text'))
+    # Embedding KD over pos and neg as they come (item 8 twice, 3 twice).
+    items = torch.cat([pos, neg])
+    emb = sum(objective.emb_kd[m](item[items], teacher.modal_item[m][items])
+              for m in ('image', 'text'))
+    expected = {'bpr': bpr, 'pair_kd': pair, 'list_kd': listwise,
+                'emb_kd': emb}
+    assert set(parts) == set(expected)
+    for name, value in expected.items():
+        assert parts[name].item() == pytest.approx(value.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(
+        (bpr + 0.5 * pair + 2. * listwise + 0.25 * emb).item(), rel=1e-5)
+    # A narrower student gets one train-only head per modality.
+    assert all(h.head.weight.shape == (5, 4) for h in objective.emb_kd.values())
+
+
+def test_prompt_mm_objective_weights_can_change_and_gate():
+    from pmm_geo.nn import PromptMMObjective
+    user, item, teacher, users, pos, neg, lists = _objective_inputs(d_s=5)
+    objective = PromptMMObjective(['image', 'text'], 5, 5)
+    assert objective.uses_teacher and objective.uses_lists
+    assert all(h.head is None for h in objective.emb_kd.values())
+    full, parts = objective(user, item, teacher, users, pos, neg, lists)
+
+    # Weight 0: the term is not computed (no lists needed, no part).
+    objective.list_weight = 0.
+    assert not objective.uses_lists
+    loss, some = objective(user, item, teacher, users, pos, neg)
+    assert set(some) == {'bpr', 'pair_kd', 'emb_kd'}
+    assert loss.item() == pytest.approx(
+        (full - parts['list_kd']).item(), rel=1e-5)
+    # A tensor weight (a gate) multiplies its term.
+    objective.list_weight = torch.tensor(0.5)
+    loss, _ = objective(user, item, teacher, users, pos, neg, lists)
+    assert loss.item() == pytest.approx(
+        (full - 0.5 * parts['list_kd']).item(), rel=1e-5)
+    # BPR alone never reads the teacher.
+    objective.pair_weight = objective.list_weight = objective.emb_weight = 0.
+    assert not objective.uses_teacher
+    loss, only = objective(user, item, None, users, pos, neg)
+    assert set(only) == {'bpr'} and torch.equal(loss, only['bpr'])
+    objective.list_weight = 1.
+    with pytest.raises(ValueError, match='candidate'):
+        objective(user, item, teacher, users, pos, neg)
+    assert 'PromptMMObjective(modalities=' in repr(objective)

@@ -254,7 +254,7 @@ def test_narrow_student_uses_embedding_kd_heads(data):
     trainer = Trainer(data, tiny_config(epochs=2, student_dim=8), quiet=True)
     results = trainer.fit()
     assert trainer.modules['student'].embedding_dim == 8
-    heads = trainer.modules['emb_kd']
+    heads = trainer.modules['objective'].emb_kd
     assert all(h.head is not None and h.head.weight.shape == (32, 8)
                for h in heads.values())
     assert results['student']['params'] == (160 + 120) * 8

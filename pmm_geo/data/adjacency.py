@@ -6,6 +6,9 @@ from torch_geometric import EdgeIndex
 from torch_geometric.typing import WITH_TORCH_SPARSE, Adj, OptTensor, SparseTensor
 from torch_geometric.utils import degree
 
+from .cache import DATA_CACHE
+from .hetero import EDGE_TYPE
+
 LAYOUTS = ('edge_index', 'edge_index_fused', 'csr', 'sparse_tensor')
 
 
@@ -146,14 +149,12 @@ def get_adjacency(data) -> BipartiteAdjacency:
     r"""Returns the :class:`BipartiteAdjacency` of a pmm_geo
     :class:`~torch_geometric.data.HeteroData`, built on first use and cached
     on the data object (message passing sees train edges only)."""
-    store = data['user', 'interacts', 'item']
-    cached = store.__dict__.get('_pmm_adjacency')
-    edge_index = store.edge_index
-    if cached is None or cached.edge_index.data_ptr() != edge_index.data_ptr():
-        cached = BipartiteAdjacency(edge_index, data['user'].num_nodes,
-                                    data['item'].num_nodes)
-        store.__dict__['_pmm_adjacency'] = cached
-    return cached
+    store = data[EDGE_TYPE]
+    return DATA_CACHE.get(
+        data, 'adjacency', (store.edge_index, data['user'].num_nodes,
+                            data['item'].num_nodes),
+        lambda: BipartiteAdjacency(store.edge_index, data['user'].num_nodes,
+                                   data['item'].num_nodes))
 
 
 def as_adjacency(graph, num_users: Optional[int] = None,
@@ -176,12 +177,11 @@ def as_adjacency(graph, num_users: Optional[int] = None,
     """
     if isinstance(graph, BipartiteAdjacency):
         adj = graph
-    elif hasattr(graph, 'edge_types') and ('user', 'interacts',
-                                           'item') in graph.edge_types:
+    elif hasattr(graph, 'edge_types') and EDGE_TYPE in graph.edge_types:
         adj = get_adjacency(graph)
     else:
         raise TypeError(f"Expected a BipartiteAdjacency or a HeteroData with "
-                        f"a ('user', 'interacts', 'item') edge type, got "
+                        f"a {EDGE_TYPE} edge type, got "
                         f"'{type(graph).__name__}'")
     if num_users is not None and num_items is not None and (
             adj.num_users, adj.num_items) != (num_users, num_items):

@@ -24,6 +24,7 @@ import numpy as np
 from torch_geometric.data import HeteroData
 
 from .hetero import (
+    EDGE_TYPE,
     SPLITS,
     DataFormatError,
     from_arrays,
@@ -177,7 +178,7 @@ def write_mmrec(data: HeteroData, root: PathLike, name: str) -> None:
 
 def _has_split(data: HeteroData, split: str) -> bool:
     key = 'edge_index' if split == 'train' else f'{split}_edge_index'
-    return key in data['user', 'interacts', 'item']
+    return key in data[EDGE_TYPE]
 
 
 def _write_features(data: HeteroData, root: str) -> None:

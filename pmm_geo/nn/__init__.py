@@ -6,6 +6,7 @@ from .models import LightGCNStudent, MultimodalTeacher
 from .models import LATTICE
 from .losses import (BPRLoss, EmbeddingKDLoss, ListwiseKDLoss,
                      PairwiseKDLoss)
+from .objective import ObjectiveOutput, PromptMMObjective
 
 __all__ = [
     'BipartiteConv',
@@ -18,4 +19,6 @@ __all__ = [
     'PairwiseKDLoss',
     'ListwiseKDLoss',
     'EmbeddingKDLoss',
+    'PromptMMObjective',
+    'ObjectiveOutput',
 ]

@@ -7,6 +7,8 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor
 
+from pmm_geo.ranking import recommend_items
+
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, TrainConfig
 
@@ -96,19 +98,8 @@ class Recommender:
         users = torch.as_tensor(users).long().view(-1)
         check_users(users, self.num_users)
         check_k(k, self.num_items)
-        scores = self.user_emb[users] @ self.item_emb.t()
-        # Mask each requested user's train items.
-        row_of = torch.full((self.num_users, ), -1, dtype=torch.long)
-        row_of[users] = torch.arange(users.numel())
-        user, item = self.train_edge_index
-        row = row_of[user]
-        keep = row >= 0
-        scores[row[keep], item[keep]] = float('-inf')
-        # Duplicated requested users: copy the mask to every occurrence.
-        scores = scores[row_of[users]]
-        top_score, top_item = scores.topk(int(k), dim=-1)
-        top_item[top_score == float('-inf')] = -1
-        return top_item
+        return recommend_items(self.user_emb, self.item_emb, int(k), users,
+                               self.train_edge_index)
 
 
 def check_users(users: Tensor, num_users: int) -> None:

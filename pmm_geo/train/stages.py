@@ -7,14 +7,10 @@ from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor
-from torch.nn import Module, ModuleDict
+from torch.nn import Module
 
-from pmm_geo.nn.losses import (
-    BPRLoss,
-    EmbeddingKDLoss,
-    ListwiseKDLoss,
-    PairwiseKDLoss,
-)
+from pmm_geo.nn.losses import BPRLoss
+from pmm_geo.nn.objective import PromptMMObjective, bpr_loss
 from pmm_geo.nn.models.lattice import LATTICE
 from pmm_geo.nn.models.student import LightGCNStudent
 from pmm_geo.nn.models.teacher import MultimodalTeacher
@@ -99,23 +95,22 @@ def _adam(groups: List[dict], config: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(groups, weight_decay=config.weight_decay)
 
 
-def _scores(user: Tensor, item: Tensor, users: Tensor, pos: Tensor,
-            neg: Tensor) -> Tuple[Tensor, Tensor]:
-    user = user[users]
-    return (user * item[pos]).sum(-1), (user * item[neg]).sum(-1)
+def _tables(model: Module) -> Tuple[Tensor, Tensor]:
+    # The layer-0 id tables whose batch rows the BPR's L2 term penalizes.
+    return model.user_embedding.weight, model.item_embedding.weight
 
 
-def _bpr_loss(bpr: BPRLoss, model: Module, user: Tensor, item: Tensor,
-              users: Tensor, pos: Tensor, neg: Tensor
-              ) -> Tuple[Tensor, Tensor, Tensor]:
-    r"""BPR of a model with :obj:`user_embedding` / :obj:`item_embedding`
-    tables on the propagated :obj:`user` / :obj:`item` embeddings, with L2
-    on the batch's layer-0 rows; returns the loss and the positive and
-    negative scores."""
-    s_pos, s_neg = _scores(user, item, users, pos, neg)
-    params = [model.user_embedding(users),
-              model.item_embedding(torch.cat([pos, neg]))]
-    return bpr(s_pos, s_neg, params), s_pos, s_neg
+def build_objective(config: TrainConfig,
+                    modalities: List[str]) -> PromptMMObjective:
+    r"""The student objective of :obj:`config` (its distillation weights,
+    temperatures and embedding-KD heads)."""
+    return PromptMMObjective(
+        modalities, config.student_dim, config.embedding_dim,
+        pair_weight=config.kd_pair_weight, list_weight=config.kd_list_weight,
+        emb_weight=config.kd_emb_weight, lambda_reg=config.reg_weight,
+        pair_tau=config.pair_tau, list_tau=config.list_tau,
+        list_alpha=config.list_alpha, list_beta=config.list_beta,
+        list_reweight=config.list_reweight, emb_alpha=config.emb_alpha)
 
 
 def build_teacher(config: TrainConfig, ctx: StageContext
@@ -191,20 +186,11 @@ class DistillStage(Stage):
         student = build_student(cfg, self.ctx)
         if cfg.student_init == 'teacher':
             self._init_from_teacher(student, teacher)
-        heads = ModuleDict()
-        for m in teacher.modalities:
-            if cfg.student_dim != cfg.embedding_dim:
-                heads[m] = EmbeddingKDLoss(cfg.emb_alpha, cfg.student_dim,
-                                           cfg.embedding_dim)
-            else:
-                heads[m] = EmbeddingKDLoss(cfg.emb_alpha)
-        heads.to(self.ctx.graph.device)
-        self.modules = {'student': student, 'emb_kd': heads,
+        objective = build_objective(cfg, teacher.modalities)
+        objective.to(self.ctx.graph.device)
+        self.objective = objective
+        self.modules = {'student': student, 'objective': objective,
                         'teacher': teacher}
-        self.bpr = BPRLoss(cfg.reg_weight)
-        self.pair_kd = PairwiseKDLoss(cfg.pair_tau)
-        self.list_kd = ListwiseKDLoss(cfg.list_tau, cfg.list_alpha,
-                                      cfg.list_beta, cfg.list_reweight)
         self.after_load()
 
     @torch.no_grad()
@@ -235,14 +221,14 @@ class DistillStage(Stage):
                   if p.requires_grad]
         return _adam([
             {'params': list(self.modules['student'].parameters()) +
-             list(self.modules['emb_kd'].parameters()),
+             list(self.objective.parameters()),
              'lr': cfg.student_lr},
             {'params': prompt, 'lr': cfg.prompt_lr},
         ], cfg)
 
     def train_mode(self):
         self.modules['student'].train()
-        self.modules['emb_kd'].train()
+        self.objective.train()
         self.modules['teacher'].eval()  # Frozen: no dropout on targets.
 
     def teacher_targets(self):
@@ -251,42 +237,18 @@ class DistillStage(Stage):
         return self.modules['teacher'](self.ctx.graph, self.ctx.features)
 
     def step(self, users, pos, neg, batch):
-        cfg, ctx = self.config, self.ctx
+        ctx, objective = self.ctx, self.objective
         student = self.modules['student']
-        s_user, s_item = student.get_embedding(ctx.graph)
-        bpr, s_pos, s_neg = _bpr_loss(self.bpr, student, s_user, s_item,
-                                      users, pos, neg)
-        loss, parts = bpr, {'bpr': bpr.item()}
-        if cfg.kd_pair_weight == cfg.kd_list_weight == cfg.kd_emb_weight == 0:
-            return loss, parts
-
-        out = self.teacher_targets()
-        if cfg.kd_pair_weight > 0:
-            t_pos, t_neg = _scores(out.user, out.item, users, pos, neg)
-            pair = self.pair_kd(s_pos - s_neg, t_pos - t_neg)
-            loss = loss + cfg.kd_pair_weight * pair
-            parts['pair_kd'] = pair.item()
-        if cfg.kd_list_weight > 0:
-            lists = ctx.sampler.candidate_lists(users, pos,
-                                                cfg.num_list_negatives,
-                                                generator=ctx.generator)
-            s_logits = (s_user[users].unsqueeze(1) * s_item[lists]).sum(-1)
-            listwise = 0.
-            for m in out.modal_user:
-                t_logits = (out.modal_user[m][users].unsqueeze(1) *
-                            out.modal_item[m][lists]).sum(-1)
-                listwise = listwise + self.list_kd(s_logits, t_logits)
-            loss = loss + cfg.kd_list_weight * listwise
-            parts['list_kd'] = listwise.item()
-        if cfg.kd_emb_weight > 0:
-            items = torch.cat([pos, neg])
-            s_items = s_item[items]
-            emb = 0.
-            for m, head in self.modules['emb_kd'].items():
-                emb = emb + head(s_items, out.modal_item[m][items])
-            loss = loss + cfg.kd_emb_weight * emb
-            parts['emb_kd'] = emb.item()
-        return loss, parts
+        user, item = student.get_embedding(ctx.graph)
+        teacher = self.teacher_targets() if objective.uses_teacher else None
+        lists = None
+        if objective.uses_lists:
+            lists = ctx.sampler.candidate_lists(
+                users, pos, self.config.num_list_negatives,
+                generator=ctx.generator)
+        loss, parts = objective(user, item, teacher, users, pos, neg, lists,
+                                input_emb=_tables(student))
+        return loss, {name: part.item() for name, part in parts.items()}
 
     @torch.no_grad()
     def embeddings(self):
@@ -313,7 +275,8 @@ class LightGCNStage(Stage):
     def step(self, users, pos, neg, batch):
         model = self.modules['lightgcn']
         user, item = model.get_embedding(self.ctx.graph)
-        return _bpr_loss(self.bpr, model, user, item, users, pos, neg)[0], {}
+        return bpr_loss(self.bpr, user, item, users, pos, neg,
+                        _tables(model))[0], {}
 
     @torch.no_grad()
     def embeddings(self):
@@ -346,7 +309,8 @@ class LatticeStage(Stage):
         model = self.modules['lattice']
         user, item = model(self.ctx.graph, self.ctx.features,
                            build_item_graph=batch == 0)
-        return _bpr_loss(self.bpr, model, user, item, users, pos, neg)[0], {}
+        return bpr_loss(self.bpr, user, item, users, pos, neg,
+                        _tables(model))[0], {}
 
     @torch.no_grad()
     def embeddings(self):

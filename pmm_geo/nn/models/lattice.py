@@ -11,6 +11,7 @@ from torch_geometric.utils import coalesce, scatter
 from pmm_geo.data.adjacency import LAYOUTS, as_adjacency
 from pmm_geo.nn._sparse import sparse_mm
 from pmm_geo.nn.conv import BipartiteConv
+from pmm_geo.nn.functional import lightgcn_propagate
 from pmm_geo.nn.knn import DEFAULT_BLOCK_SIZE, cosine_knn, edge_cosine
 
 ItemGraph = Tuple[Tensor, Tensor]  # (edge_index [2, E] row-sorted, weight [E])
@@ -372,16 +373,9 @@ class LATTICE(torch.nn.Module):
     def _lightgcn(self, graph) -> Tuple[Tensor, Tensor]:
         adj = as_adjacency(graph, self.num_users, self.num_items,
                            owner='LATTICE model')
-        to_user = adj.item_to_user(self.layout)
-        to_item = adj.user_to_item(self.layout)
-        user = self.user_embedding.weight
-        item = self.item_embedding.weight
-        user_sum, item_sum = user, item
-        for _ in range(self.num_layers):
-            user, item = self.conv(item, *to_user), self.conv(user, *to_item)
-            user_sum, item_sum = user_sum + user, item_sum + item
-        scale = 1.0 / (self.num_layers + 1)
-        return user_sum * scale, item_sum * scale
+        return lightgcn_propagate(self.conv, adj, self.user_embedding.weight,
+                                  self.item_embedding.weight, self.num_layers,
+                                  self.layout)
 
     def forward(self, graph, features: Dict[str, Tensor],
                 build_item_graph: bool = True) -> Tuple[Tensor, Tensor]:

@@ -1,4 +1,4 @@
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -6,7 +6,9 @@ from torch.nn import Embedding, Module
 
 from pmm_geo.data.adjacency import LAYOUTS, BipartiteAdjacency, as_adjacency
 from pmm_geo.nn.conv import BipartiteConv
+from pmm_geo.nn.functional import lightgcn_propagate, pair_scores
 from pmm_geo.nn._checks import check_positive
+from pmm_geo.ranking import recommend_items
 
 NodeId = Union[Tensor, Tuple[Tensor, Tensor]]
 
@@ -107,6 +109,7 @@ class LightGCNStudent(Module):
         else:
             alpha = torch.full((self.num_layers + 1, ), float(alpha))
         self.register_buffer('alpha', alpha)
+        self._alpha_cache: Optional[Tuple[Tensor, int, List[float]]] = None
 
         self.user_embedding = Embedding(self.num_users, self.embedding_dim)
         self.item_embedding = Embedding(self.num_items, self.embedding_dim)
@@ -131,23 +134,20 @@ class LightGCNStudent(Module):
         Args:
             graph (HeteroData or BipartiteAdjacency): The train graph.
         """
-        adj = self._adjacency(graph)
-        item_to_user = adj.item_to_user(self.layout)
-        user_to_item = adj.user_to_item(self.layout)
+        return lightgcn_propagate(self.conv, self._adjacency(graph),
+                                  self.user_embedding.weight,
+                                  self.item_embedding.weight, self.num_layers,
+                                  self.layout, self._layer_weights())
 
-        # Python floats: one fused add-with-scale kernel per layer and side.
-        alpha = self.alpha.tolist()
-        x_user = self.user_embedding.weight
-        x_item = self.item_embedding.weight
-        out_user = x_user * alpha[0]
-        out_item = x_item * alpha[0]
-        for layer in range(self.num_layers):
-            # Both directions read the previous layer (simultaneous update).
-            x_user, x_item = (self.conv(x_item, *item_to_user),
-                              self.conv(x_user, *user_to_item))
-            out_user = out_user.add(x_user, alpha=alpha[layer + 1])
-            out_item = out_item.add(x_item, alpha=alpha[layer + 1])
-        return out_user, out_item
+    def _layer_weights(self) -> List[float]:
+        # Python floats give one fused add-with-scale kernel per layer and
+        # side. They are read from the buffer again only when it changed
+        # (loaded, edited in place, moved), not on every forward pass.
+        alpha, cache = self.alpha, self._alpha_cache
+        if cache is None or cache[0] is not alpha or \
+                cache[1] != alpha._version:
+            cache = self._alpha_cache = (alpha, alpha._version, alpha.tolist())
+        return cache[2]
 
     def forward(self, graph, edge_label_index: Optional[Tensor] = None
                 ) -> Tensor:
@@ -161,9 +161,10 @@ class LightGCNStudent(Module):
         """
         if edge_label_index is None:
             edge_label_index = as_adjacency(graph).edge_index
-        self._check_pairs(edge_label_index, 'edge_label_index')
+        self._check_pairs(edge_label_index, 'edge_label_index', sync=False)
         user, item = self.get_embedding(graph)
-        return (user[edge_label_index[0]] * item[edge_label_index[1]]).sum(-1)
+        return pair_scores(user, item, edge_label_index[0],
+                           edge_label_index[1])
 
     @torch.no_grad()
     def recommend(
@@ -203,55 +204,19 @@ class LightGCNStudent(Module):
         if int(batch_size) < 1:
             raise ValueError(f"'batch_size' must be positive "
                              f"(got {batch_size})")
-        k = int(k)
         user_emb, item_emb = self.get_embedding(graph)
         device = user_emb.device
-        if user_index is None:
-            user_index = torch.arange(self.num_users, device=device)
-        user_index = user_index.view(-1).long().to(device)
-        self._check_ids(user_index, self.num_users, 'user_index')
-
+        if user_index is not None:
+            user_index = user_index.view(-1).long().to(device)
+            self._check_ids(user_index, self.num_users, 'user_index')
         if exclude_links is None or exclude_links is True:
             exclude_links = as_adjacency(graph).edge_index
-        rowptr = items = None
-        if exclude_links is not False:
+        if exclude_links is False:
+            exclude_links = None
+        else:
             self._check_pairs(exclude_links, 'exclude_links')
-            rowptr, items = self._by_user(exclude_links.to(device))
-
-        out = []
-        for start in range(0, user_index.numel(), int(batch_size)):
-            users = user_index[start:start + int(batch_size)]
-            scores = user_emb[users] @ item_emb.t()
-            if rowptr is not None:
-                row, col = self._chunk_links(users, rowptr, items)
-                scores[row, col] = float('-inf')
-            top_score, top_item = scores.topk(k, dim=-1)
-            top_item[top_score == float('-inf')] = -1
-            out.append(top_item)
-        if not out:
-            return torch.empty(0, k, dtype=torch.long, device=device)
-        return torch.cat(out, dim=0)
-
-    def _by_user(self, links: Tensor) -> Tuple[Tensor, Tensor]:
-        # CSR of the excluded pairs, so each chunk gathers its rows without
-        # scanning all pairs.
-        user, item = links.long()
-        perm = torch.argsort(user, stable=True)
-        count = torch.bincount(user, minlength=self.num_users)
-        rowptr = torch.zeros(self.num_users + 1, dtype=torch.long,
-                             device=links.device)
-        rowptr[1:] = count.cumsum(0)
-        return rowptr, item[perm]
-
-    @staticmethod
-    def _chunk_links(users: Tensor, rowptr: Tensor,
-                     items: Tensor) -> Tuple[Tensor, Tensor]:
-        start, count = rowptr[users], rowptr[users + 1] - rowptr[users]
-        row = torch.repeat_interleave(torch.arange(users.numel(),
-                                                   device=users.device), count)
-        first = torch.repeat_interleave(count.cumsum(0) - count, count)
-        offset = torch.arange(row.numel(), device=users.device) - first
-        return row, items[start[row] + offset]
+        return recommend_items(user_emb, item_emb, int(k), user_index,
+                               exclude_links, int(batch_size))
 
     def recommendation_loss(
         self,
@@ -299,23 +264,27 @@ class LightGCNStudent(Module):
         is_user = node_id < self.num_users
         return node_id[is_user], node_id[~is_user] - self.num_users
 
-    def _check_pairs(self, pairs: Tensor, name: str):
+    def _check_pairs(self, pairs: Tensor, name: str, sync: bool = True):
         if not isinstance(pairs, Tensor) or pairs.dim() != 2 \
                 or pairs.size(0) != 2:
             shape = list(pairs.shape) if isinstance(pairs, Tensor) else \
                 type(pairs).__name__
             raise ValueError(f"'{name}' must be a [2, E] tensor of (user, "
                              f"item) ids (got {shape})")
-        self._check_ids(pairs[0], self.num_users, f'{name}[0] (user)')
-        self._check_ids(pairs[1], self.num_items, f'{name}[1] (item)')
+        self._check_ids(pairs[0], self.num_users, f'{name}[0] (user)', sync)
+        self._check_ids(pairs[1], self.num_items, f'{name}[1] (item)', sync)
 
     @staticmethod
-    def _check_ids(ids: Tensor, num: int, name: str):
+    def _check_ids(ids: Tensor, num: int, name: str, sync: bool = True):
         if ids.numel() == 0:
             return
         if ids.is_floating_point():
             raise ValueError(f"'{name}' must hold integer ids (got "
                              f"{ids.dtype})")
+        if not sync and ids.device.type != 'cpu':
+            # The range check would stall the forward pass on a host-device
+            # sync; an out-of-range id fails the gather's own device assert.
+            return
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= num:
             bad = low if low < 0 else high

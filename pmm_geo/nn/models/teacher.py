@@ -7,6 +7,7 @@ from torch.nn import Embedding, Module, ModuleDict
 
 from pmm_geo.data.adjacency import LAYOUTS, BipartiteAdjacency, as_adjacency
 from pmm_geo.nn.conv import BipartiteConv
+from pmm_geo.nn.functional import bpr_scores, lightgcn_propagate
 from pmm_geo.nn.losses import BPRLoss
 from pmm_geo.nn.projector import NORM_EPS, PromptedProjector
 from pmm_geo.nn.prompt import PromptLearner
@@ -258,17 +259,8 @@ class MultimodalTeacher(Module):
     # Forward
     def _propagate_mean(self, adj: BipartiteAdjacency, x_user: Tensor,
                         x_item: Tensor) -> Tuple[Tensor, Tensor]:
-        item_to_user = adj.item_to_user(self.layout)
-        user_to_item = adj.user_to_item(self.layout)
-        out_user, out_item = x_user, x_item
-        for _ in range(self.num_layers):
-            # Simultaneous update: both sides read the previous layer.
-            x_user, x_item = (self.conv(x_item, *item_to_user),
-                              self.conv(x_user, *user_to_item))
-            out_user = out_user + x_user
-            out_item = out_item + x_item
-        scale = 1. / (self.num_layers + 1)
-        return out_user * scale, out_item * scale
+        return lightgcn_propagate(self.conv, adj, x_user, x_item,
+                                  self.num_layers, self.layout)
 
     def _modal_branch(self, adj: BipartiteAdjacency,
                       projected: Tensor) -> Tuple[Tensor, Tensor]:
@@ -350,12 +342,12 @@ class MultimodalTeacher(Module):
         lambda_reg = self.lambda_reg if lambda_reg is None else lambda_reg
         params = [self.user_embedding(users), self.item_embedding(pos),
                   self.item_embedding(neg)]
-        loss = BPRLoss(lambda_reg)(*_pair_scores(out.user, out.item, users,
-                                                 pos, neg), params)
+        loss = BPRLoss(lambda_reg)(*bpr_scores(out.user, out.item, users,
+                                               pos, neg), params)
         if self.modality_weight != 0.:
             bpr = BPRLoss()
             for m in out.modal_user:
-                loss = loss + self.modality_weight * bpr(*_pair_scores(
+                loss = loss + self.modality_weight * bpr(*bpr_scores(
                     out.modal_user[m], out.modal_item[m], users, pos, neg))
         return loss
 
@@ -447,11 +439,3 @@ def _feature_keys(features: Mapping[str, Tensor]):
     return {m: (x.data_ptr(), tuple(x.shape), x.device)
             for m, x in features.items()}
 
-
-def _pair_scores(user: Tensor, item: Tensor, users: Tensor, pos: Tensor,
-                 neg: Tensor) -> Tuple[Tensor, Tensor]:
-    user = user[users]
-    pos_scores = (user * item[pos]).sum(-1)
-    if neg.dim() == 2:
-        user = user.unsqueeze(1)
-    return pos_scores, (user * item[neg]).sum(-1)
