@@ -46,28 +46,66 @@ class BipartiteAdjacency:
     - :obj:`"sparse_tensor"`: a :class:`torch_sparse.SparseTensor`
       (only when :obj:`torch-sparse` is installed).
 
+    A model propagates over the whole graph or over a sampled part of it
+    (:class:`pmm_geo.data.SampledAdjacency`, the same interface); it reads
+    its layer-0 rows through :meth:`select_users` / :meth:`select_items`,
+    which are the identity here.
+
     Args:
         edge_index (torch.Tensor): Train interactions :obj:`[2, E]`, row 0
             user ids, row 1 item ids, without duplicates.
         num_users (int): Number of users :math:`U`.
         num_items (int): Number of items :math:`I`.
+        edge_weight (torch.Tensor, optional): Weights :obj:`[E]` to use
+            instead of :math:`\hat{a}_{u,i} = 1 / \sqrt{\deg(u)
+            \deg(i)}` (a sampled subgraph carries the full graph's).
+            (default: :obj:`None`)
     """
-    def __init__(self, edge_index: Tensor, num_users: int, num_items: int):
+    #: Global ids of the users / items (:obj:`None`: all, in order).
+    user_id: Optional[Tensor] = None
+    item_id: Optional[Tensor] = None
+
+    def __init__(self, edge_index: Tensor, num_users: int, num_items: int,
+                 edge_weight: Optional[Tensor] = None):
         self.edge_index = edge_index.long().contiguous()
         self.num_users = int(num_users)
         self.num_items = int(num_items)
-        self.edge_weight = self._normalize(self.edge_index, self.num_users,
-                                           self.num_items)
+        user, item = self.edge_index
+        self.user_degree = degree(user, self.num_users)
+        self.item_degree = degree(item, self.num_items)
+        if edge_weight is None:
+            edge_weight = self.weight(user, item)
+        self.edge_weight = edge_weight
         self._cache: Dict[Tuple[str, str], AdjacencyView] = {}
 
-    @staticmethod
-    def _normalize(edge_index: Tensor, num_users: int,
-                   num_items: int) -> Tensor:
-        user, item = edge_index
-        deg_u = degree(user, num_users)
-        deg_i = degree(item, num_items)
+    def weight(self, user: Tensor, item: Tensor) -> Tensor:
+        r"""The normalized weights :math:`1 / \sqrt{\deg(u) \deg(i)}` of
+        interactions :obj:`(user, item)` of this graph."""
         # Every endpoint of an edge has degree >= 1: no zero division here.
-        return deg_u[user].rsqrt() * deg_i[item].rsqrt()
+        return self.user_degree[user].rsqrt() * self.item_degree[item].rsqrt()
+
+    @property
+    def root(self) -> 'BipartiteAdjacency':
+        r"""The full graph (this one; a sampled subgraph's parent)."""
+        return self
+
+    def select_users(self, x: Tensor) -> Tensor:
+        r"""The rows of a per-user tensor :obj:`[U, ...]` for this graph's
+        users (all of them here)."""
+        return x
+
+    def select_items(self, x: Tensor) -> Tensor:
+        r"""The rows of a per-item tensor :obj:`[I, ...]` for this graph's
+        items (all of them here)."""
+        return x
+
+    def global_users(self, index: Tensor) -> Tensor:
+        r"""Global ids of this graph's users :obj:`index` (the same here)."""
+        return index
+
+    def global_items(self, index: Tensor) -> Tensor:
+        r"""Global ids of this graph's items :obj:`index` (the same here)."""
+        return index
 
     @property
     def num_edges(self) -> int:
@@ -82,7 +120,7 @@ class BipartiteAdjacency:
         if torch.device(device) == self.device:
             return self
         return BipartiteAdjacency(self.edge_index.to(device), self.num_users,
-                                  self.num_items)
+                                  self.num_items, self.edge_weight.to(device))
 
     def to_dense(self) -> Tensor:
         r"""Returns the dense :math:`U \times I` matrix (tests only)."""
@@ -175,18 +213,19 @@ def as_adjacency(graph, num_users: Optional[int] = None,
             layouts on every call would be silently slow).
         owner (str, optional): What the caller is, for error messages.
     """
-    if isinstance(graph, BipartiteAdjacency):
-        adj = graph
+    if hasattr(graph, 'item_to_user') and hasattr(graph, 'root'):
+        adj = graph  # A BipartiteAdjacency or a SampledAdjacency.
     elif hasattr(graph, 'edge_types') and EDGE_TYPE in graph.edge_types:
         adj = get_adjacency(graph)
     else:
         raise TypeError(f"Expected a BipartiteAdjacency or a HeteroData with "
                         f"a {EDGE_TYPE} edge type, got "
                         f"'{type(graph).__name__}'")
+    root = adj.root  # A sampled subgraph is checked against its full graph.
     if num_users is not None and num_items is not None and (
-            adj.num_users, adj.num_items) != (num_users, num_items):
-        raise ValueError(f'The graph has {adj.num_users} users and '
-                         f'{adj.num_items} items, but the {owner} was built '
+            root.num_users, root.num_items) != (num_users, num_items):
+        raise ValueError(f'The graph has {root.num_users} users and '
+                         f'{root.num_items} items, but the {owner} was built '
                          f'for {num_users} users and {num_items} items')
     if device is not None and adj.device != torch.device(device):
         raise ValueError(f'The graph is on {adj.device} but the {owner} is '

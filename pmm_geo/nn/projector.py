@@ -65,15 +65,23 @@ class PromptedProjector(Module):
         :meth:`forward` never builds it)."""
         return F.normalize(prompt @ (prompt.t() @ x), dim=-1, eps=NORM_EPS)
 
-    def forward(self, x: Tensor, prompt: Optional[Tensor],
-                projected: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Optional[Tensor], prompt: Optional[Tensor],
+                projected: Optional[Tensor] = None,
+                moment: Optional[Tensor] = None) -> Tensor:
         r"""Args:
-            x (torch.Tensor): Item features :math:`(I, d_m)`.
+            x (torch.Tensor, optional): Item features :math:`(I, d_m)`
+                (may be :obj:`None` when :obj:`projected` and :obj:`moment`
+                are given).
             prompt (torch.Tensor, optional): Item prompts :math:`(I, d)`
                 (:obj:`None` or :obj:`beta=0` skips the prompt term).
             projected (torch.Tensor, optional): :math:`\mathbf{W}_m
                 \mathbf{X}_m + \mathbf{b}_m` when already known (a frozen
                 projector in stage 2). (default: :obj:`None`)
+            moment (torch.Tensor, optional): :math:`\mathbf{P}_i^{\top}
+                \mathbf{X}_m` :math:`(d, d_m)` over all items when already
+                known (:meth:`pmm_geo.nn.PromptLearner.item_moment`); then
+                :obj:`x` and :obj:`prompt` may hold only some items' rows,
+                and the output holds those rows. (default: :obj:`None`)
 
         The prompt term is computed without any :math:`I \times d_m`
         intermediate: row scaling commutes with :math:`\mathbf{W}_m`, so
@@ -92,20 +100,27 @@ class PromptedProjector(Module):
         (one when :obj:`projected` is given) instead of three, and autograd
         keeps only :math:`(I, d)` tensors.
         """
-        if x.dim() != 2 or x.size(-1) != self.in_channels:
+        if x is not None and (x.dim() != 2 or x.size(-1) != self.in_channels):
             raise ValueError(f"Expected features of shape [num_items, "
                              f"{self.in_channels}], got {list(x.shape)}")
         if projected is None:
+            if x is None:
+                raise ValueError("'x' is needed when 'projected' is not given")
             projected = self.lin(x)
         if prompt is not None and self.beta != 0.:
-            if prompt.size(0) != x.size(0):
+            if prompt.size(0) != projected.size(0):
                 raise ValueError(f"'prompt' has {prompt.size(0)} rows but "
-                                 f"'x' has {x.size(0)}")
-            projected = projected + self.beta * self._prompt_term(x, prompt)
+                                 f"the features have {projected.size(0)}")
+            if moment is None:
+                if x is None:
+                    raise ValueError("'x' is needed when 'moment' is not "
+                                     "given")
+                moment = prompt.t() @ x  # [d, d_m]
+            projected = projected + self.beta * self._prompt_term(moment,
+                                                                  prompt)
         return self.dropout(projected)
 
-    def _prompt_term(self, x: Tensor, prompt: Tensor) -> Tensor:
-        moment = prompt.t() @ x  # [d, d_m]
+    def _prompt_term(self, moment: Tensor, prompt: Tensor) -> Tensor:
         gram = moment.double() @ moment.double().t()  # [d, d]
         p64 = prompt.double()
         sq_norm = ((p64 @ gram) * p64).sum(dim=-1, keepdim=True)

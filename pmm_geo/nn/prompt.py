@@ -1,4 +1,4 @@
-from typing import Mapping, Tuple
+from typing import Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -186,16 +186,56 @@ class PromptLearner(Module):
         self.initialized.fill_(True)
         return self
 
-    def forward(self) -> Tuple[Tensor, Tensor]:
-        r"""Returns the soft prompts :obj:`(P_u, P_i)`."""
+    def forward(self, user_index: Optional[Tensor] = None,
+                item_index: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        r"""Returns the soft prompts :obj:`(P_u, P_i)`, of every user and
+        item or of those in :obj:`user_index` / :obj:`item_index` (the map
+        is row-wise, so a subset costs only its rows)."""
         if not bool(self.initialized):
             raise RuntimeError(f"{self.__class__.__name__} has no hard "
                                f"tokens yet: call 'init_tokens(graph, "
                                f"features)' (or the teacher's "
                                f"'init_prompt') first")
-        user_prompt = self.dropout(self.user_map(self.user_tokens))
-        item_prompt = self.dropout(self.item_map(self.item_tokens))
+        user_tokens, item_tokens = self.user_tokens, self.item_tokens
+        if user_index is not None:
+            user_tokens = user_tokens[user_index]
+        if item_index is not None:
+            item_tokens = item_tokens[item_index]
+        user_prompt = self.dropout(self.user_map(user_tokens))
+        item_prompt = self.dropout(self.item_map(item_tokens))
         return user_prompt, item_prompt
+
+    @property
+    def moments_are_exact(self) -> bool:
+        r"""Whether :meth:`item_moment` gives :math:`\mathbf{P}_i^{\top}
+        \mathbf{X}` exactly (no dropout is active on the prompts)."""
+        return not self.training or self.dropout.p == 0.
+
+    @torch.no_grad()
+    def token_moment(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        r"""The prompt-independent statistics of item features :obj:`x`
+        :math:`(I, d_m)` that :meth:`item_moment` needs:
+        :math:`\mathbf{H}_i^{\top} \mathbf{X}` :math:`(d, d_m)` and
+        :math:`\mathbf{1}^{\top} \mathbf{X}` :math:`(d_m)`. One pass over
+        :obj:`x`; compute them once per feature table."""
+        return self.item_tokens.t() @ x, x.sum(dim=0)
+
+    def item_moment(self, token_moment: Tuple[Tensor, Tensor]) -> Tensor:
+        r"""The moment :math:`\mathbf{P}_i^{\top} \mathbf{X}` of all
+        item prompts with features :math:`\mathbf{X}`, from
+        :meth:`token_moment`'s statistics without reading :math:`\mathbf{X}`:
+        the map :math:`f_i(\mathbf{H}) = \mathbf{H} \mathbf{W}^{\top} +
+        \mathbf{b}` is affine, so
+
+        .. math::
+            \mathbf{P}_i^{\top} \mathbf{X} = \mathbf{W} (\mathbf{H}_i^{\top}
+            \mathbf{X}) + \mathbf{b} (\mathbf{1}^{\top} \mathbf{X}),
+
+        a :math:`(d, d_m)` matrix at cost :math:`O(d^2 d_m)` (exact when
+        :attr:`moments_are_exact`)."""
+        tokens_x, sum_x = token_moment
+        return torch.addr(self.item_map.weight @ tokens_x,
+                          self.item_map.bias, sum_x)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.num_users}, '

@@ -373,9 +373,10 @@ class LATTICE(torch.nn.Module):
     def _lightgcn(self, graph) -> Tuple[Tensor, Tensor]:
         adj = as_adjacency(graph, self.num_users, self.num_items,
                            owner='LATTICE model')
-        return lightgcn_propagate(self.conv, adj, self.user_embedding.weight,
-                                  self.item_embedding.weight, self.num_layers,
-                                  self.layout)
+        return lightgcn_propagate(self.conv, adj,
+                                  adj.select_users(self.user_embedding.weight),
+                                  adj.select_items(self.item_embedding.weight),
+                                  self.num_layers, self.layout)
 
     def forward(self, graph, features: Dict[str, Tensor],
                 build_item_graph: bool = True) -> Tuple[Tensor, Tensor]:
@@ -398,7 +399,10 @@ class LATTICE(torch.nn.Module):
             item_graph = (self.item_graph_index, self.item_graph_weight)
         h = self.propagate_items(item_graph)
         user, item = self._lightgcn(graph)
-        return user, item + F.normalize(h, p=2, dim=1)
+        # On a sampled subgraph: the rows of its items (the item graph is
+        # over all items, O(I k d) per step, independent of the users).
+        adj = as_adjacency(graph)
+        return user, item + adj.select_items(F.normalize(h, p=2, dim=1))
 
     def get_embedding(self, graph,
                       features: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:

@@ -129,15 +129,19 @@ class LightGCNStudent(Module):
 
     def get_embedding(self, graph) -> Tuple[Tensor, Tensor]:
         r"""Returns the propagated user and item embeddings
-        :obj:`(user [U, d_s], item [I, d_s])`.
+        :obj:`(user [U, d_s], item [I, d_s])`; on a sampled subgraph those
+        of its nodes, in its local order.
 
         Args:
-            graph (HeteroData or BipartiteAdjacency): The train graph.
+            graph (HeteroData, BipartiteAdjacency or SampledAdjacency): The
+                train graph, or a sampled part of it.
         """
-        return lightgcn_propagate(self.conv, self._adjacency(graph),
-                                  self.user_embedding.weight,
-                                  self.item_embedding.weight, self.num_layers,
-                                  self.layout, self._layer_weights())
+        adj = self._adjacency(graph)
+        return lightgcn_propagate(self.conv, adj,
+                                  adj.select_users(self.user_embedding.weight),
+                                  adj.select_items(self.item_embedding.weight),
+                                  self.num_layers, self.layout,
+                                  self._layer_weights())
 
     def _layer_weights(self) -> List[float]:
         # Python floats give one fused add-with-scale kernel per layer and

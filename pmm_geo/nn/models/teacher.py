@@ -201,6 +201,7 @@ class MultimodalTeacher(Module):
                                     self.embedding_dim, prompt_dropout)
         self.conv = BipartiteConv()
         self._cache: Optional[_FrozenCache] = None
+        self._token_moments: Optional[tuple] = None
         self.reset_parameters()
 
     @property
@@ -280,27 +281,34 @@ class MultimodalTeacher(Module):
         adj = self._adjacency(graph)
         features = self._check_features(features)
         cache = self._valid_cache(adj, features)
-        user_prompt, item_prompt = self.prompt()
+        user_prompt, item_prompt = self.prompt(adj.user_id, adj.item_id)
+        moments = self._moments(adj, features)
 
         modal_user, modal_item = {}, {}
         for m, x in features.items():
+            # Only this graph's items are projected (a sampled subgraph's).
+            projected = None if cache is None else \
+                adj.select_items(cache.projected[m])
             projected = self.projectors[m](
-                x, item_prompt, None if cache is None else cache.projected[m])
+                adj.select_items(x) if projected is None else None,
+                item_prompt, projected, moments[m])
             modal_user[m], modal_item[m] = self._modal_branch(adj, projected)
 
         if self.gamma != 0.:
             prompt_user = self.gamma * _rownorm(user_prompt)
             prompt_item = self.gamma * _rownorm(item_prompt)
         if cache is None:
-            x_user = self.user_embedding.weight
-            x_item = self.item_embedding.weight
+            x_user = adj.select_users(self.user_embedding.weight)
+            x_item = adj.select_items(self.item_embedding.weight)
             if self.gamma != 0.:
                 x_user, x_item = x_user + prompt_user, x_item + prompt_item
             user, item = self._propagate_mean(adj, x_user, x_item)
         else:
             # Propagation is linear: mean_l A^l (E + gamma P) =
-            # mean_l A^l E (cached) + mean_l A^l (gamma P).
-            user, item = cache.id_user, cache.id_item
+            # mean_l A^l E (cached, over the full graph) + mean_l A^l
+            # (gamma P).
+            user = adj.select_users(cache.id_user)
+            item = adj.select_items(cache.id_item)
             if self.gamma != 0.:
                 extra_user, extra_item = self._propagate_mean(
                     adj, prompt_user, prompt_item)
@@ -310,6 +318,24 @@ class MultimodalTeacher(Module):
             user = user + self.fusion_weight * _rownorm(modal_user[m])
             item = item + self.fusion_weight * _rownorm(modal_item[m])
         return TeacherOutput(user, item, modal_user, modal_item)
+
+    def _moments(self, adj, features: Dict[str, Tensor]
+                 ) -> Dict[str, Optional[Tensor]]:
+        # P_i^T X_m over all items, from statistics of X_m computed once:
+        # no pass over the features per forward, and exact on a subgraph.
+        if not self.prompt.moments_are_exact:
+            if adj is not adj.root:
+                raise ValueError('a sampled subgraph needs a prompt without '
+                                 'active dropout (prompt_dropout=0 or eval '
+                                 'mode)')
+            return {m: None for m in features}  # Explicit P^T X per call.
+        keys = (_feature_keys(features), self.prompt.item_tokens._version,
+                self.prompt.item_tokens.data_ptr())
+        if self._token_moments is None or self._token_moments[0] != keys:
+            self._token_moments = (keys, {
+                m: self.prompt.token_moment(x) for m, x in features.items()})
+        return {m: self.prompt.item_moment(stats)
+                for m, stats in self._token_moments[1].items()}
 
     def get_embedding(self, graph, features: Mapping[str, Tensor]
                       ) -> Tuple[Tensor, Tensor]:
@@ -321,7 +347,8 @@ class MultimodalTeacher(Module):
     # ------------------------------------------------------------------
     # Loss
     def loss(self, out: TeacherOutput, users: Tensor, pos: Tensor,
-             neg: Tensor, lambda_reg: Optional[float] = None) -> Tensor:
+             neg: Tensor, lambda_reg: Optional[float] = None,
+             graph=None) -> Tensor:
         r"""The stage-1 loss: BPR on the fused embeddings, plus
         :obj:`modality_weight` times the BPR of each modality branch, plus
         :math:`L_2` regularization of the batch's layer-0 id embeddings.
@@ -333,6 +360,9 @@ class MultimodalTeacher(Module):
             neg (torch.Tensor): Negative item ids :obj:`[B]` or
                 :obj:`[B, n]`.
             lambda_reg (float, optional): Overrides :obj:`self.lambda_reg`.
+            graph (SampledAdjacency, optional): The subgraph :obj:`out` was
+                computed on; the ids are then its local ids.
+                (default: :obj:`None`, the full graph)
         """
         if users.dim() != 1 or pos.shape != users.shape or neg.dim() not in (
                 1, 2) or neg.size(0) != users.size(0):
@@ -340,8 +370,11 @@ class MultimodalTeacher(Module):
                              f"or [B, n]; got {list(users.shape)}, "
                              f"{list(pos.shape)} and {list(neg.shape)}")
         lambda_reg = self.lambda_reg if lambda_reg is None else lambda_reg
-        params = [self.user_embedding(users), self.item_embedding(pos),
-                  self.item_embedding(neg)]
+        adj = self._adjacency(graph) if graph is not None else None
+        params = [self.user_embedding(adj.global_users(users) if adj else
+                                      users)] + \
+            [self.item_embedding(adj.global_items(i) if adj else i)
+             for i in (pos, neg)]
         loss = BPRLoss(lambda_reg)(*bpr_scores(out.user, out.item, users,
                                                pos, neg), params)
         if self.modality_weight != 0.:
@@ -383,7 +416,7 @@ class MultimodalTeacher(Module):
             raise RuntimeError(f"cache_frozen() needs frozen teacher "
                                f"weights, but {trainable} require grad (call "
                                f"teacher.freeze() first)")
-        adj = self._adjacency(graph)
+        adj = self._adjacency(graph).root
         features = self._check_features(features)
         projected = {m: self.projectors[m].lin(x)
                      for m, x in features.items()}
@@ -394,8 +427,10 @@ class MultimodalTeacher(Module):
         return self
 
     def clear_cache(self):
-        r"""Drops the cache of :meth:`cache_frozen`."""
+        r"""Drops the cache of :meth:`cache_frozen` (and the feature
+        statistics of the prompt term)."""
         self._cache = None
+        self._token_moments = None
 
     def _backbone_parameters(self):
         return [(n, p) for n, p in self.named_parameters()
@@ -413,7 +448,7 @@ class MultimodalTeacher(Module):
             raise RuntimeError("The teacher holds a frozen cache but is in "
                                "train mode: call clear_cache() before "
                                "training it again")
-        if adj is not cache.adj or _feature_keys(features) != \
+        if adj.root is not cache.adj or _feature_keys(features) != \
                 cache.feature_keys:
             raise RuntimeError("The frozen cache was computed for another "
                                "graph or other features: call "

@@ -1,0 +1,212 @@
+import pytest
+import torch
+import torch_geometric.typing
+
+from pmm_geo.data import BipartiteAdjacency, get_adjacency, modalities
+from pmm_geo.data.sampler import NegativeSampler
+from pmm_geo.data.subgraph import SampledAdjacency
+from pmm_geo.data.subgraph_loader import SubgraphLoader, check_fanouts
+from pmm_geo.data.synthetic import synthetic
+from pmm_geo.nn import BPRLoss, LATTICE, LightGCNStudent, MultimodalTeacher
+
+needs_sampling = pytest.mark.skipif(
+    not (torch_geometric.typing.WITH_PYG_LIB
+         or torch_geometric.typing.WITH_TORCH_SPARSE),
+    reason="neighbour sampling needs torch-sparse or pyg-lib (the 'sparse' "
+    "extra)")
+
+
+@pytest.fixture(scope='module')
+def data():
+    return synthetic(num_users=90, num_items=50, num_interactions=900,
+                     modalities={'image': 12, 'text': 6}, seed=3)
+
+
+def features_of(data):
+    return {m: data['item'][m] for m in modalities(data)}
+
+
+def batch_of(data, size=16, seed=0):
+    sampler = NegativeSampler.from_data(data)
+    gen = torch.Generator().manual_seed(seed)
+    users, pos, neg = next(sampler.epoch_batches(size, generator=gen))
+    lists = sampler.candidate_lists(users, pos, 4, generator=gen)
+    return users, pos, neg, lists
+
+
+def assert_rows_equal(sub, full, local, global_, atol=1e-5):
+    assert torch.allclose(sub[local], full[global_], atol=atol), \
+        (sub[local] - full[global_]).abs().max()
+
+
+# ----------------------------------------------------------------------
+# The subgraph adjacency
+
+
+def test_sampled_weights_rescale_to_the_full_aggregation():
+    # Users 0..3 interact with item 0 only, user 4 with item 1.
+    edges = torch.tensor([[0, 1, 2, 3, 4], [0, 0, 0, 0, 1]])
+    root = BipartiteAdjacency(edges, 5, 2)
+    # A sample of item 0's users {1, 2} (local users 0, 1; local item 0),
+    # and user 1's only item.
+    sub = SampledAdjacency(root, torch.tensor([1, 2]), torch.tensor([0]),
+                           user_to_item=torch.tensor([[0, 1], [0, 0]]),
+                           item_to_user=torch.tensor([[0], [0]]))
+    _, weight, _ = sub.user_to_item('edge_index')
+    # 1 / sqrt(deg(u) deg(i)) = 1 / sqrt(1 * 4), times deg(i) / 2 sampled.
+    assert torch.allclose(weight, torch.full((2, ), 0.5 * 4 / 2))
+    # All of user 1's items were sampled: its weight is the full one.
+    _, weight, _ = sub.item_to_user('edge_index')
+    assert torch.allclose(weight, torch.tensor([0.5]))
+    # Item 0's users all have degree 1: the rescaled sum is exact.
+    out = sub.user_to_item('edge_index')[1].sum()
+    assert torch.allclose(out, root.to_dense().t().sum(1)[0])
+    assert sub.root is root and sub.num_users == 2 and sub.num_items == 1
+    assert torch.equal(sub.global_users(torch.tensor([1, 0])),
+                       torch.tensor([2, 1]))
+
+
+def test_fanouts_are_checked():
+    assert check_fanouts([10, -1]) == (10, -1)
+    for bad in ([], [0], [-2, 3]):
+        with pytest.raises(ValueError, match="'fanouts' must be"):
+            check_fanouts(bad)
+
+
+def test_missing_backend_names_the_extra(data, monkeypatch):
+    monkeypatch.setattr(torch_geometric.typing, 'WITH_PYG_LIB', False)
+    monkeypatch.setattr(torch_geometric.typing, 'WITH_TORCH_SPARSE', False)
+    with pytest.raises(ImportError, match=r"pmm_geo\[sparse\]"):
+        SubgraphLoader(data, [-1], 2)
+
+
+# ----------------------------------------------------------------------
+# Equivalence: all neighbours sampled == the full graph
+
+
+@needs_sampling
+def test_subgraph_covers_the_seeds(data):
+    users, pos, neg, lists = batch_of(data)
+    loader = SubgraphLoader(data, [3, 2], num_hops=2)
+    batch = loader.sample(users, pos, neg, lists)
+    graph = batch.graph
+    assert torch.equal(graph.user_id[batch.users], users)
+    assert torch.equal(graph.item_id[batch.items[0]], pos)
+    assert torch.equal(graph.item_id[batch.items[1]], neg)
+    assert torch.equal(graph.item_id[batch.items[2]], lists)
+    assert graph.num_users < data['user'].num_nodes
+    # Every sampled edge is a train edge.
+    root = get_adjacency(data)
+    keys = set((root.edge_index[0] * 1000 + root.edge_index[1]).tolist())
+    for view in (graph.user_to_item('edge_index'),
+                 graph.item_to_user('edge_index')):
+        (src, dst), _, size = view
+        if size[0] == graph.num_users:  # user -> item
+            user, item = graph.user_id[src], graph.item_id[dst]
+        else:
+            user, item = graph.user_id[dst], graph.item_id[src]
+        assert set((user * 1000 + item).tolist()) <= keys
+
+
+@needs_sampling
+@pytest.mark.parametrize('layout', ['edge_index', 'edge_index_fused', 'csr'])
+def test_student_subgraph_equals_full_graph(data, layout):
+    users, pos, neg, _ = batch_of(data)
+    torch.manual_seed(0)
+    student = LightGCNStudent(data['user'].num_nodes, data['item'].num_nodes,
+                              8, num_layers=3, layout=layout)
+    full_user, full_item = student.get_embedding(data)
+    batch = SubgraphLoader(data, [-1], num_hops=3).sample(users, pos, neg)
+    user, item = student.get_embedding(batch.graph)
+    assert_rows_equal(user, full_user, batch.users, users)
+    for local, global_ in zip(batch.items, (pos, neg)):
+        assert_rows_equal(item, full_item, local, global_)
+
+    # The BPR loss and its gradient are the full graph's too.
+    def loss_grad(u, i, uu, pp, nn, graph):
+        ids = (graph.global_users(uu), graph.global_items(pp))
+        student.zero_grad()
+        pos_s, neg_s = (u[uu] * i[pp]).sum(-1), (u[uu] * i[nn]).sum(-1)
+        loss = BPRLoss(1e-3)(pos_s, neg_s, [student.user_embedding(ids[0]),
+                                            student.item_embedding(ids[1])])
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in student.parameters()]
+
+    user, item = student.get_embedding(batch.graph)
+    sub_loss, sub_grads = loss_grad(user, item, batch.users, *batch.items,
+                                    batch.graph)
+    full_user, full_item = student.get_embedding(data)
+    full_loss, full_grads = loss_grad(full_user, full_item, users, pos, neg,
+                                      get_adjacency(data))
+    assert torch.allclose(sub_loss, full_loss, atol=1e-6)
+    for a, b in zip(sub_grads, full_grads):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@needs_sampling
+@pytest.mark.parametrize('frozen', [False, True])
+def test_teacher_subgraph_equals_full_graph(data, frozen):
+    features = features_of(data)
+    users, pos, neg, lists = batch_of(data)
+    torch.manual_seed(0)
+    teacher = MultimodalTeacher(
+        data['user'].num_nodes, data['item'].num_nodes,
+        {m: x.size(1) for m, x in features.items()}, embedding_dim=8,
+        num_layers=3, dropout=0.)
+    teacher.init_prompt(data, features)
+    if frozen:  # Stage 2: cached prompt-independent parts.
+        teacher.freeze()
+        teacher.cache_frozen(data, features)
+    full = teacher(data, features)
+    batch = SubgraphLoader(data, [-1], num_hops=3).sample(users, pos, neg,
+                                                          lists)
+    sub = teacher(batch.graph, features)
+    assert_rows_equal(sub.user, full.user, batch.users, users)
+    for local, global_ in zip(batch.items, (pos, neg, lists)):
+        assert_rows_equal(sub.item, full.item, local, global_)
+        for m in features:
+            assert_rows_equal(sub.modal_item[m], full.modal_item[m], local,
+                              global_)
+    for m in features:
+        assert_rows_equal(sub.modal_user[m], full.modal_user[m], batch.users,
+                          users)
+    # The stage-1 loss with the subgraph's local ids is the full one.
+    sub_loss = teacher.loss(sub, batch.users, batch.items[0], batch.items[1],
+                            graph=batch.graph)
+    full_loss = teacher.loss(full, users, pos, neg)
+    assert torch.allclose(sub_loss, full_loss, atol=1e-5)
+
+
+@needs_sampling
+def test_teacher_projects_only_the_sampled_items(data):
+    features = features_of(data)
+    users, pos, neg, _ = batch_of(data, size=4)
+    teacher = MultimodalTeacher(
+        data['user'].num_nodes, data['item'].num_nodes,
+        {m: x.size(1) for m, x in features.items()}, embedding_dim=8,
+        num_layers=1, dropout=0.)
+    teacher.init_prompt(data, features)
+    teacher(data, features)  # Feature statistics, computed once.
+    batch = SubgraphLoader(data, [2], num_hops=2).sample(users, pos, neg)
+    seen = []
+    for m, projector in teacher.projectors.items():
+        projector.lin.register_forward_hook(
+            lambda module, args, out: seen.append(args[0].size(0)))
+    teacher(batch.graph, features)
+    assert seen == [batch.graph.num_items] * 2
+    assert batch.graph.num_items < data['item'].num_nodes
+
+
+@needs_sampling
+def test_lattice_subgraph_equals_full_graph(data):
+    features = features_of(data)
+    users, pos, neg, _ = batch_of(data)
+    torch.manual_seed(0)
+    model = LATTICE(data['user'].num_nodes, data['item'].num_nodes,
+                    dict(features), embedding_dim=8, num_layers=2, knn_k=4)
+    full_user, full_item = model(data, features, build_item_graph=True)
+    batch = SubgraphLoader(data, [-1], num_hops=2).sample(users, pos, neg)
+    user, item = model(batch.graph, features, build_item_graph=False)
+    assert_rows_equal(user, full_user, batch.users, users)
+    for local, global_ in zip(batch.items, (pos, neg)):
+        assert_rows_equal(item, full_item, local, global_)
