@@ -158,7 +158,7 @@ def model_worker(name: str, data_path: str, steps: int, repeats: int,
     def step(batch_index: int) -> float:
         users, pos, neg = next(batches)
         tic, cpu = time.perf_counter(), time.process_time()
-        loss, _ = stage.step(users, pos, neg, batch_index)
+        loss, _ = stage.step(stage.batch(users, pos, neg, batch_index))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

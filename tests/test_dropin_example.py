@@ -96,7 +96,7 @@ def test_engine_and_example_train_on_the_same_objective(example):
     users, pos, neg = next(ctx.sampler.epoch_batches(
         64, generator=torch.Generator().manual_seed(1)))
     ctx.generator.manual_seed(2)
-    engine_loss, engine_parts = stage.step(users, pos, neg, 0)
+    engine_loss, engine_parts = stage.step(stage.batch(users, pos, neg, 0))
     lists = ctx.sampler.candidate_lists(
         users, pos, 5, generator=torch.Generator().manual_seed(2))
     loss, parts = example.batch_loss(objective, pyg,

@@ -7,6 +7,8 @@ from .adjacency import (
     get_adjacency,
 )
 from .sampler import NegativeSampler
+from .subgraph import SampledAdjacency
+from .subgraph_loader import SampledBatch, SubgraphLoader
 from .hetero import (
     EDGE_TYPE,
     REV_EDGE_TYPE,
@@ -37,4 +39,7 @@ __all__ = [
     'get_adjacency',
     'as_adjacency',
     'NegativeSampler',
+    'SampledAdjacency',
+    'SubgraphLoader',
+    'SampledBatch',
 ]

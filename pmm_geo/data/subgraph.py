@@ -1,8 +1,15 @@
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.utils import degree
 
 from .adjacency import AdjacencyView, BipartiteAdjacency
+
+
+def _rows(x: Tensor, index: Tensor) -> Tensor:
+    if x.dim() == 2 and x.requires_grad:
+        return F.embedding(index, x, sparse=True)
+    return x.index_select(0, index)
 
 
 class SampledAdjacency:
@@ -92,13 +99,16 @@ class SampledAdjacency:
 
     def select_users(self, x: Tensor) -> Tensor:
         r"""The rows of a per-user tensor :obj:`[U, ...]` (all users) for
-        this subgraph's users, in local order."""
-        return x[self.user_id]
+        this subgraph's users, in local order. The gradient of a trainable
+        table is sparse (its rows only), so that an optimizer step costs
+        what the subgraph touched (:class:`torch.optim.SparseAdam`)."""
+        return _rows(x, self.user_id)
 
     def select_items(self, x: Tensor) -> Tensor:
         r"""The rows of a per-item tensor :obj:`[I, ...]` for this
-        subgraph's items, in local order."""
-        return x[self.item_id]
+        subgraph's items, in local order (sparse gradient, as
+        :meth:`select_users`)."""
+        return _rows(x, self.item_id)
 
     def global_users(self, index: Tensor) -> Tensor:
         r"""Global ids of the local users :obj:`index`."""

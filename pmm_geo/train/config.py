@@ -7,6 +7,9 @@ from typing import Any, Dict, Mapping, Tuple
 
 MODELS = ('promptmm', 'lightgcn', 'lattice')
 STUDENT_INITS = ('fresh', 'teacher')
+BATCHINGS = ('full', 'sampled', 'auto')
+#: :obj:`batching="auto"` samples from this many train interactions on.
+AUTO_SAMPLED_EDGES = 200_000
 
 
 class ConfigError(ValueError):
@@ -119,6 +122,27 @@ class TrainConfig:
         checkpoint_every (int): Write the resumable checkpoint every this
             many epochs (and always at the end of a stage).
             (default: :obj:`1`)
+        batching (str): How a training step sees the graph:
+            :obj:`"full"` propagates over the whole graph at every step (an
+            epoch then costs :math:`O(E^2 / B)`); :obj:`"sampled"` samples
+            each batch's neighbourhood with PyG's
+            :class:`~torch_geometric.loader.LinkNeighborLoader`
+            (:obj:`fanouts` per hop; needs torch-sparse or pyg-lib, the
+            :obj:`sparse` extra) and propagates over it only, so an epoch
+            costs :math:`O(E)`; :obj:`"auto"` picks :obj:`"sampled"` from
+            :obj:`AUTO_SAMPLED_EDGES` train interactions on (the measured
+            crossover, see :func:`resolve_batching`). Evaluation always
+            uses the full graph. (default: :obj:`"auto"`)
+        fanouts (tuple of int): Neighbours sampled per node at each hop of
+            :obj:`"sampled"` batching, :obj:`-1` for all; a model deeper
+            than the list repeats its last entry. (default: :obj:`(10, 5)`)
+        teacher_refresh (int): Stage 2 with :obj:`prompt_tuning` on full
+            batching: the teacher's prompt-dependent targets are recomputed,
+            with gradient to the prompt, every this many steps; in between
+            the student distils from the last targets and the prompt stays
+            put. :obj:`1` is the paper's schedule (a teacher forward and
+            backward per step). Sampled batching runs the teacher on each
+            batch's subgraph instead. (default: :obj:`1`)
     """
     model: str = 'promptmm'
     seed: int = 0
@@ -159,6 +183,9 @@ class TrainConfig:
     lattice_lambda: float = 0.9
     lattice_item_layers: int = 1
     checkpoint_every: int = 1
+    batching: str = 'auto'
+    fanouts: Tuple[int, ...] = (10, 5)
+    teacher_refresh: int = 1
 
     def __post_init__(self):
         self.validate()
@@ -212,6 +239,7 @@ class TrainConfig:
     def to_dict(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
         out['ks'] = list(self.ks)
+        out['fanouts'] = list(self.fanouts)
         return out
 
     def to_json(self, path: str) -> None:
@@ -229,7 +257,7 @@ class TrainConfig:
                     'student_dim', 'student_layers', 'eval_every',
                     'patience', 'num_list_negatives', 'lattice_layers',
                     'lattice_knn_k', 'lattice_item_layers',
-                    'checkpoint_every'):
+                    'checkpoint_every', 'teacher_refresh'):
             if getattr(self, key) < 1:
                 raise ConfigError(f"'{key}' must be >= 1, got "
                                   f'{getattr(self, key)}')
@@ -258,6 +286,14 @@ class TrainConfig:
             raise ConfigError(f"'student_init': 'teacher' needs student_dim "
                               f'== embedding_dim, got {self.student_dim} and '
                               f'{self.embedding_dim}')
+        if self.batching not in BATCHINGS:
+            raise ConfigError(f"'batching' must be one of {BATCHINGS}, got "
+                              f"'{self.batching}'")
+        self.fanouts = tuple(int(f) for f in self.fanouts)
+        if not self.fanouts or any(f == 0 or f < -1 for f in self.fanouts):
+            raise ConfigError(f"'fanouts' must be a non-empty list of "
+                              f'positive neighbour counts or -1 (all), got '
+                              f'{list(self.fanouts)}')
         if self.emb_alpha < 1:
             raise ConfigError(f"'emb_alpha' must be >= 1, got "
                               f'{self.emb_alpha}')
@@ -272,12 +308,12 @@ def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
     r"""Checks a JSON value against the field's type (an int is accepted for
     a float; nothing else is converted)."""
     name = spec.name
-    if name == 'ks':
+    if name in ('ks', 'fanouts'):
         if (not isinstance(value, (list, tuple)) or not value or not all(
                 isinstance(k, int) and not isinstance(k, bool)
                 for k in value)):
-            raise ConfigError(f"{source}: 'ks' must be a list of integers, "
-                              f'got {value!r}')
+            raise ConfigError(f"{source}: '{name}' must be a list of "
+                              f'integers, got {value!r}')
         return tuple(value)
     kind = spec.type
     if kind is float and isinstance(value, int) and not isinstance(
@@ -290,4 +326,15 @@ def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
     return value
 
 
-__all__ = ['TrainConfig', 'ConfigError', 'MODELS']
+def resolve_batching(config: TrainConfig, num_train_edges: int) -> str:
+    r"""The batching a run uses: :obj:`config.batching`, with
+    :obj:`"auto"` resolved to :obj:`"sampled"` from
+    :obj:`AUTO_SAMPLED_EDGES` train interactions on (where a sampled epoch
+    became cheaper than a full-graph one in :obj:`benchmarks/scale.py`),
+    else :obj:`"full"`."""
+    if config.batching != 'auto':
+        return config.batching
+    return 'sampled' if num_train_edges >= AUTO_SAMPLED_EDGES else 'full'
+
+
+__all__ = ['TrainConfig', 'ConfigError', 'MODELS', 'resolve_batching']

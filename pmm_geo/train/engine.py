@@ -4,6 +4,7 @@ reporting."""
 import json
 import os
 import time
+import warnings
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -15,6 +16,10 @@ from pmm_geo.data import (
     get_adjacency,
     modalities,
 )
+from pmm_geo.data.subgraph_loader import (
+    SubgraphLoader,
+    require_neighbor_sampling,
+)
 from pmm_geo.evaluation import evaluate
 
 from .checkpoint import (
@@ -25,13 +30,27 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, resolve_batching
 from .progress import ProgressLogger, plot_curves
 from .run import RunDir
 from .stages import STAGES, Stage, StageContext
 
 #: The metric that selects the epoch (on the validation split only).
 SELECT_METRIC = 'recall@20'
+
+
+def _resolve_batching(config: TrainConfig, num_edges: int) -> str:
+    batching = resolve_batching(config, num_edges)
+    if batching == 'sampled':
+        try:
+            require_neighbor_sampling()
+        except ImportError as error:
+            if config.batching == 'sampled':
+                raise
+            warnings.warn(f"batching 'auto' falls back to 'full' on "
+                          f'{num_edges:,} train interactions: {error}')
+            return 'full'
+    return batching
 
 
 class TrainingInterrupted(RuntimeError):
@@ -144,6 +163,9 @@ class Trainer:
                          for m in modalities(self.data)}
         self.sampler = NegativeSampler.from_data(self.data).to(self.device)
         self.generator = torch.Generator(device=self.device)
+        #: :obj:`"full"` or :obj:`"sampled"` (:obj:`config.batching`
+        #: resolved for this data).
+        self.batching = _resolve_batching(self.config, self.graph.num_edges)
         self.context = StageContext(self.config, self.data, self.graph,
                                     self.features, self.sampler,
                                     self.generator)
@@ -219,6 +241,9 @@ class Trainer:
             torch.manual_seed(_seed(self.config.seed, index))
             self.generator.manual_seed(_seed(self.config.seed, index))
             stage.build(previous)
+            if self.batching == 'sampled':
+                stage.loader = SubgraphLoader(self.data, self.config.fanouts,
+                                              stage.num_hops(), self.graph)
             current = state is not None and state['stage'] == stage.name
             if current:
                 _load(stage.modules, state['modules'], 'the training state')
@@ -322,7 +347,8 @@ class Trainer:
             progress = log.epoch(stage.name, epoch, cfg.epochs, batches,
                                  num_batches)
             for batch, (users, pos, neg) in enumerate(progress):
-                loss, parts = stage.step(users, pos, neg, batch)
+                loss, parts = stage.step(stage.batch(users, pos, neg,
+                                                     batch))
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f'[{stage.name}] epoch {epoch}: the loss is '

@@ -3,17 +3,17 @@ stage 1), the distilled student (PromptMM stage 2), and the :obj:`lightgcn`
 and :obj:`lattice` baselines. Each stage builds its modules, its optimizer,
 a loss per batch and the embeddings it is evaluated on; the epoch loop,
 model selection and checkpoints live in :class:`pmm_geo.train.Trainer`."""
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch.nn import Module
+from torch.nn import Module, Parameter
 
 from pmm_geo.nn.losses import BPRLoss
 from pmm_geo.nn.objective import PromptMMObjective, bpr_loss
 from pmm_geo.nn.models.lattice import LATTICE
 from pmm_geo.nn.models.student import LightGCNStudent
-from pmm_geo.nn.models.teacher import MultimodalTeacher
+from pmm_geo.nn.models.teacher import MultimodalTeacher, TeacherOutput
 
 from .config import TrainConfig
 
@@ -43,6 +43,9 @@ class Stage:
         self.ctx = context
         self.config: TrainConfig = context.config
         self.modules: Dict[str, Module] = {}
+        #: The :class:`~pmm_geo.data.SubgraphLoader` of sampled batching
+        #: (:obj:`None`: every step sees the full graph).
+        self.loader = None
 
     def build(self, previous: Dict[str, Module]) -> None:
         r"""Creates the stage's modules (fresh initialization; the caller
@@ -59,12 +62,41 @@ class Stage:
     def train_mode(self) -> None:
         self.modules[self.served].train()
 
-    def step(self, users: Tensor, pos: Tensor, neg: Tensor,
-             batch: int) -> Tuple[Tensor, Parts]:
-        r"""Returns the loss of one batch of BPR triplets (and its parts,
-        as floats, for the log); :obj:`batch` counts from 0 in each
-        epoch."""
+    def num_hops(self) -> int:
+        r"""The propagation depth of the stage's models: how many hops of
+        a batch's neighbourhood sampled batching needs."""
         raise NotImplementedError
+
+    def candidates(self, users: Tensor, pos: Tensor) -> Optional[Tensor]:
+        r"""Items beyond the triplets a step reads, :obj:`[B, n]` global
+        ids (stage 2: the listwise KD's candidate lists), drawn before a
+        batch's subgraph is sampled so that they are in it."""
+        return None
+
+    def batch(self, users: Tensor, pos: Tensor, neg: Tensor,
+              index: int = 0) -> 'Batch':
+        r"""The :class:`Batch` of the triplets :obj:`(users, pos, neg)`
+        (global ids): on the full graph, or with :attr:`loader` set, on
+        their sampled neighbourhood with local ids."""
+        lists = self.candidates(users, pos)
+        if self.loader is None:
+            return Batch(self.ctx.graph, users, pos, neg, lists, index)
+        items = (pos, neg) if lists is None else (pos, neg, lists)
+        sampled = self.loader.sample(users, *items)
+        return Batch(sampled.graph, sampled.users, *sampled.items[:2],
+                     sampled.items[2] if lists is not None else None, index)
+
+    def step(self, batch: 'Batch') -> Tuple[Tensor, Parts]:
+        r"""Returns the loss of one :class:`Batch` (and its parts, as
+        floats, for the log)."""
+        raise NotImplementedError
+
+    def sparse_tables(self) -> List[Parameter]:
+        r"""The embedding tables a sampled step reads only through the
+        subgraph's :meth:`select_users` / :meth:`select_items` (sparse
+        gradients: :class:`torch.optim.SparseAdam` updates their touched
+        rows only, so a step's cost does not grow with the tables)."""
+        return []
 
     def embeddings(self) -> Tuple[Tensor, Tensor]:
         r"""The user and item embeddings evaluation ranks with (in eval
@@ -90,14 +122,83 @@ class StageContext:
         self.num_items = data['item'].num_nodes
 
 
-def _adam(groups: List[dict], config: TrainConfig) -> torch.optim.Adam:
-    groups = [g for g in groups if len(g['params']) > 0]
-    return torch.optim.Adam(groups, weight_decay=config.weight_decay)
+class Batch(NamedTuple):
+    r"""One training step's input: the graph it propagates over (the full
+    :class:`~pmm_geo.data.BipartiteAdjacency`, or a batch's
+    :class:`~pmm_geo.data.SampledAdjacency`), the BPR triplets and (stage
+    2) candidate lists as ids of that graph's nodes, and the step's index
+    in its epoch."""
+    graph: Any
+    users: Tensor
+    pos: Tensor
+    neg: Tensor
+    lists: Optional[Tensor] = None
+    index: int = 0
 
 
-def _tables(model: Module) -> Tuple[Tensor, Tensor]:
-    # The layer-0 id tables whose batch rows the BPR's L2 term penalizes.
-    return model.user_embedding.weight, model.item_embedding.weight
+class Optimizers:
+    r"""Several torch optimizers stepped as one (Adam for dense
+    parameters, :class:`torch.optim.SparseAdam` for the tables a sampled
+    step updates row-wise), with one state dict."""
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]):
+        self.optimizers = list(optimizers)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {'optimizers': [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        for optimizer, sub in zip(self.optimizers, state['optimizers']):
+            optimizer.load_state_dict(sub)
+
+
+def _adam(groups: List[dict], config: TrainConfig,
+          sparse: Sequence[Parameter] = ()):
+    # Sparse tables (sampled batching) get SparseAdam: Adam's update on the
+    # rows a step touched (a "lazy" Adam: other rows keep their moments).
+    sparse_ids = {id(p) for p in sparse}
+    dense, lazy = [], []
+    for group in groups:
+        params = [p for p in group['params'] if id(p) not in sparse_ids]
+        rows = [p for p in group['params'] if id(p) in sparse_ids]
+        if params:
+            dense.append({**group, 'params': params})
+        if rows:
+            lazy.append({**group, 'params': rows})
+    optimizers = [torch.optim.Adam(dense,
+                                   weight_decay=config.weight_decay)]
+    if not lazy:
+        return optimizers[0]
+    return Optimizers(optimizers + [torch.optim.SparseAdam(lazy)])
+
+
+def _tables(model: Module, graph) -> Tuple[Tensor, Tensor]:
+    # The layer-0 rows of the graph's nodes, whose batch rows the BPR's L2
+    # term penalizes (all rows on the full graph).
+    return (graph.select_users(model.user_embedding.weight),
+            graph.select_items(model.item_embedding.weight))
+
+
+def _id_tables(model: Module) -> List[Parameter]:
+    return [model.user_embedding.weight, model.item_embedding.weight]
+
+
+def select_output(out: TeacherOutput, graph) -> TeacherOutput:
+    r"""The rows of a full-graph :class:`TeacherOutput` for the nodes of
+    :obj:`graph` (all of them for the full graph)."""
+    if graph is graph.root:
+        return out
+    return TeacherOutput(
+        graph.select_users(out.user), graph.select_items(out.item),
+        {m: graph.select_users(x) for m, x in out.modal_user.items()},
+        {m: graph.select_items(x) for m, x in out.modal_item.items()})
 
 
 def build_objective(config: TrainConfig,
@@ -148,12 +249,21 @@ class TeacherStage(Stage):
 
     def optimizer(self):
         return _adam([{'params': list(self.modules['teacher'].parameters()),
-                       'lr': self.config.lr}], self.config)
+                       'lr': self.config.lr}], self.config,
+                     self.sparse_tables())
 
-    def step(self, users, pos, neg, batch):
+    def num_hops(self):
+        # The id branch has num_layers layers, a modality branch two.
+        return max(self.config.num_layers, 2)
+
+    def sparse_tables(self):
+        return _id_tables(self.modules['teacher']) if self.loader else []
+
+    def step(self, batch):
         teacher = self.modules['teacher']
-        out = teacher(self.ctx.graph, self.ctx.features)
-        return teacher.loss(out, users, pos, neg), {}
+        out = teacher(batch.graph, self.ctx.features)
+        return teacher.loss(out, batch.users, batch.pos, batch.neg,
+                            graph=batch.graph), {}
 
     @torch.no_grad()
     def embeddings(self):
@@ -209,7 +319,7 @@ class DistillStage(Stage):
         teacher.freeze(train_prompt=self.config.prompt_tuning)
         # Only the prompt changes from here on: cache the rest.
         teacher.cache_frozen(self.ctx.graph, self.ctx.features)
-        self._fixed_targets = None
+        self._fixed_targets = self._stale_targets = None
         if not self.config.prompt_tuning:
             with torch.no_grad():
                 self._fixed_targets = teacher(self.ctx.graph,
@@ -224,30 +334,64 @@ class DistillStage(Stage):
              list(self.objective.parameters()),
              'lr': cfg.student_lr},
             {'params': prompt, 'lr': cfg.prompt_lr},
-        ], cfg)
+        ], cfg, self.sparse_tables())
+
+    def num_hops(self):
+        hops = self.config.student_layers
+        if self.objective.uses_teacher and self.config.prompt_tuning:
+            # The teacher runs on the subgraph too.
+            hops = max(hops, self.config.num_layers, 2)
+        return hops
+
+    def sparse_tables(self):
+        return _id_tables(self.modules['student']) if self.loader else []
+
+    def candidates(self, users, pos):
+        if not self.objective.uses_lists:
+            return None
+        return self.ctx.sampler.candidate_lists(
+            users, pos, self.config.num_list_negatives,
+            generator=self.ctx.generator)
 
     def train_mode(self):
         self.modules['student'].train()
         self.objective.train()
         self.modules['teacher'].eval()  # Frozen: no dropout on targets.
 
-    def teacher_targets(self):
+    def teacher_targets(self, batch: Optional[Batch] = None
+                        ) -> TeacherOutput:
+        r"""The teacher's outputs for the batch's graph (default: the full
+        graph): computed once without prompt tuning; on a sampled subgraph,
+        by the teacher on the subgraph (gradient to the prompt); on the full
+        graph, recomputed with gradient to the prompt every
+        :obj:`teacher_refresh` steps of an epoch and reused, detached, in
+        between."""
+        if batch is None:
+            batch = Batch(self.ctx.graph, *(None, ) * 4)
         if self._fixed_targets is not None:
-            return self._fixed_targets
-        return self.modules['teacher'](self.ctx.graph, self.ctx.features)
+            return select_output(self._fixed_targets, batch.graph)
+        teacher = self.modules['teacher']
+        if batch.graph is not batch.graph.root:
+            return teacher(batch.graph, self.ctx.features)
+        if (self._stale_targets is None
+                or batch.index % self.config.teacher_refresh == 0):
+            out = teacher(batch.graph, self.ctx.features)
+            self._stale_targets = TeacherOutput(
+                out.user.detach(), out.item.detach(),
+                {m: x.detach() for m, x in out.modal_user.items()},
+                {m: x.detach() for m, x in out.modal_item.items()})
+            return out
+        return self._stale_targets
 
-    def step(self, users, pos, neg, batch):
-        ctx, objective = self.ctx, self.objective
+    def step(self, batch):
+        objective = self.objective
         student = self.modules['student']
-        user, item = student.get_embedding(ctx.graph)
-        teacher = self.teacher_targets() if objective.uses_teacher else None
-        lists = None
-        if objective.uses_lists:
-            lists = ctx.sampler.candidate_lists(
-                users, pos, self.config.num_list_negatives,
-                generator=ctx.generator)
-        loss, parts = objective(user, item, teacher, users, pos, neg, lists,
-                                input_emb=_tables(student))
+        user, item = student.get_embedding(batch.graph)
+        teacher = self.teacher_targets(batch) if objective.uses_teacher \
+            else None
+        loss, parts = objective(user, item, teacher, batch.users, batch.pos,
+                                batch.neg, batch.lists,
+                                input_emb=_tables(student, batch.graph))
         return loss, {name: part.item() for name, part in parts.items()}
 
     @torch.no_grad()
@@ -270,13 +414,20 @@ class LightGCNStage(Stage):
 
     def optimizer(self):
         return _adam([{'params': list(self.modules['lightgcn'].parameters()),
-                       'lr': self.config.student_lr}], self.config)
+                       'lr': self.config.student_lr}], self.config,
+                     self.sparse_tables())
 
-    def step(self, users, pos, neg, batch):
+    def num_hops(self):
+        return self.config.student_layers
+
+    def sparse_tables(self):
+        return _id_tables(self.modules['lightgcn']) if self.loader else []
+
+    def step(self, batch):
         model = self.modules['lightgcn']
-        user, item = model.get_embedding(self.ctx.graph)
-        return bpr_loss(self.bpr, user, item, users, pos, neg,
-                        _tables(model))[0], {}
+        user, item = model.get_embedding(batch.graph)
+        return bpr_loss(self.bpr, user, item, batch.users, batch.pos,
+                        batch.neg, _tables(model, batch.graph))[0], {}
 
     @torch.no_grad()
     def embeddings(self):
@@ -303,14 +454,23 @@ class LatticeStage(Stage):
 
     def optimizer(self):
         return _adam([{'params': list(self.modules['lattice'].parameters()),
-                       'lr': self.config.lr}], self.config)
+                       'lr': self.config.lr}], self.config,
+                     self.sparse_tables())
 
-    def step(self, users, pos, neg, batch):
+    def num_hops(self):
+        return self.config.lattice_layers
+
+    def sparse_tables(self):
+        # The item table also feeds the item-item graph over all items.
+        return [self.modules['lattice'].user_embedding.weight] \
+            if self.loader else []
+
+    def step(self, batch):
         model = self.modules['lattice']
-        user, item = model(self.ctx.graph, self.ctx.features,
-                           build_item_graph=batch == 0)
-        return bpr_loss(self.bpr, user, item, users, pos, neg,
-                        _tables(model))[0], {}
+        user, item = model(batch.graph, self.ctx.features,
+                           build_item_graph=batch.index == 0)
+        return bpr_loss(self.bpr, user, item, batch.users, batch.pos,
+                        batch.neg, _tables(model, batch.graph))[0], {}
 
     @torch.no_grad()
     def embeddings(self):
@@ -326,6 +486,7 @@ STAGES = {
     'lattice': (LatticeStage, ),
 }
 
-__all__ = ['Stage', 'StageContext', 'TeacherStage', 'DistillStage',
-           'LightGCNStage', 'LatticeStage', 'STAGES', 'count_parameters',
-           'build_teacher', 'build_student']
+__all__ = ['Stage', 'StageContext', 'Batch', 'Optimizers', 'TeacherStage',
+           'DistillStage', 'LightGCNStage', 'LatticeStage', 'STAGES',
+           'count_parameters', 'build_teacher', 'build_student',
+           'select_output']

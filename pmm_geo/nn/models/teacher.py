@@ -370,11 +370,16 @@ class MultimodalTeacher(Module):
                              f"or [B, n]; got {list(users.shape)}, "
                              f"{list(pos.shape)} and {list(neg.shape)}")
         lambda_reg = self.lambda_reg if lambda_reg is None else lambda_reg
+        # The rows of this graph's tables (a subgraph's: sparse gradient).
         adj = self._adjacency(graph) if graph is not None else None
-        params = [self.user_embedding(adj.global_users(users) if adj else
-                                      users)] + \
-            [self.item_embedding(adj.global_items(i) if adj else i)
-             for i in (pos, neg)]
+        user_table, item_table = ((self.user_embedding.weight,
+                                   self.item_embedding.weight) if adj is None
+                                  else (adj.select_users(
+                                      self.user_embedding.weight),
+                                        adj.select_items(
+                                      self.item_embedding.weight)))
+        params = [F.embedding(users, user_table),
+                  F.embedding(pos, item_table), F.embedding(neg, item_table)]
         loss = BPRLoss(lambda_reg)(*bpr_scores(out.user, out.item, users,
                                                pos, neg), params)
         if self.modality_weight != 0.:
