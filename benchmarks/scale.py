@@ -181,7 +181,7 @@ def model_worker(name: str, data_path: str, steps: int, repeats: int,
     eval_seconds = time.perf_counter() - tic
     del user_emb, item_emb
 
-    model = stage.modules[stage.served]
+    model = stage.model
     model.eval()
     features = ctx.features
     train_edges = data[EDGE_TYPE].edge_index

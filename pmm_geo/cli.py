@@ -51,6 +51,8 @@ def _int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from pmm_geo.train import MODELS
+    models = ', '.join(f'{name} ({spec.description})'
+                       for name, spec in MODELS.items())
 
     parser = _Parser(prog=PROG, description='PromptMM multimodal '
                      'recommendation by prompt-tuned distillation, on '
@@ -69,9 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('data_dir', metavar='DATA_DIR')
     train.add_argument('--out', required=True, metavar='RUN_DIR',
                        help='run directory (created)')
-    train.add_argument('--model', choices=MODELS, default=None,
-                       help='promptmm (teacher + distilled student, '
-                       'default), lightgcn or lattice')
+    train.add_argument('--model', choices=tuple(MODELS), default=None,
+                       help=models)
     train.add_argument('--seed', type=_int, default=None, metavar='N')
     train.add_argument('--epochs', type=_positive_int, default=None,
                        metavar='N', help='maximum epochs per stage')

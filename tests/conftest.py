@@ -19,6 +19,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def still_one_thread(one_thread):
+    r"""Back to one thread after every test, so that one which changes the
+    count (the command line's :obj:`--threads`) cannot make the next ones
+    (or the module fixtures they build) run nondeterministically."""
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture
 def synthetic_data():
     r"""A small synthetic dataset with planted structure: 120 users,
@@ -37,3 +46,22 @@ def shared_data() -> Path:
         pytest.skip(f'real data folder {SHARED_DATA} is absent (it lives '
                     f'beside the checkout, never in the repository)')
     return SHARED_DATA
+
+
+@pytest.fixture
+def interrupt_after():
+    r"""A factory of :obj:`Trainer(on_epoch_end=...)` hooks that simulate a
+    kill: :class:`TrainingInterrupted` right after the checkpoint of the
+    :obj:`n`-th epoch run (counted over all stages)."""
+    from pmm_geo.train import TrainingInterrupted
+
+    def hook(n: int):
+        epochs = []
+
+        def on_epoch_end(stage, record):
+            epochs.append((stage, record['epoch']))
+            if len(epochs) >= n:
+                raise TrainingInterrupted(f'interrupted after epoch '
+                                          f"{record['epoch']} of '{stage}'")
+        return on_epoch_end
+    return hook

@@ -153,12 +153,12 @@ def test_fingerprint_tracks_edges_and_features():
     assert data_fingerprint(renamed) != data_fingerprint(base)
 
 
-def test_resume_on_other_data_fails_clearly(tmp_path):
+def test_resume_on_other_data_fails_clearly(tmp_path, interrupt_after):
     config = TrainConfig(model='lightgcn', epochs=3, embedding_dim=8,
                          student_dim=8)
     with pytest.raises(TrainingInterrupted):
-        Trainer(small_data(), config, run_dir=tmp_path, quiet=True).fit(
-            interrupt_after=1)
+        Trainer(small_data(), config, run_dir=tmp_path, quiet=True,
+                on_epoch_end=interrupt_after(1)).fit()
     with pytest.raises(CheckpointError, match='trained on different data'):
         Trainer(small_data(seed=5), config, run_dir=tmp_path,
                 quiet=True).fit(resume=True)

@@ -9,6 +9,8 @@ from pmm_geo.data import EDGE_TYPE
 from pmm_geo.data.synthetic import synthetic
 from pmm_geo.train import (
     SELECT_METRIC,
+    CheckpointError,
+    ConfigError,
     Trainer,
     TrainConfig,
     TrainingInterrupted,
@@ -193,20 +195,20 @@ def uninterrupted(resume_data, tmp_path_factory):
     return trainer, trainer.fit()
 
 
-@pytest.mark.parametrize('interrupt_after', [2, 5])
+@pytest.mark.parametrize('epochs_run', [2, 5])
 def test_resume_reaches_the_same_result(resume_data, uninterrupted, tmp_path,
-                                        interrupt_after):
+                                        interrupt_after, epochs_run):
     # Epochs 1-4 are stage 1, epochs 5-8 stage 2: interrupt in each stage
     # (a simulated kill right after that epoch's checkpoint).
     full, expected = uninterrupted
     config = tiny_config(**RESUME_CONFIG)
     with pytest.raises(TrainingInterrupted):
-        Trainer(resume_data, config, run_dir=tmp_path, quiet=True).fit(
-            interrupt_after=interrupt_after)
+        Trainer(resume_data, config, run_dir=tmp_path, quiet=True,
+                on_epoch_end=interrupt_after(epochs_run)).fit()
     state = load_checkpoint(tmp_path / 'train_state.pt')
     assert (state['stage'], state['epoch']) == (
-        ('teacher', 2) if interrupt_after == 2 else ('student', 1))
-    assert (tmp_path / 'metrics.json').exists() == (interrupt_after > 4)
+        ('teacher', 2) if epochs_run == 2 else ('student', 1))
+    assert (tmp_path / 'metrics.json').exists() == (epochs_run > 4)
 
     resumed = Trainer(resume_data, config, run_dir=tmp_path, quiet=True,
                       plot=False)
@@ -305,3 +307,97 @@ def test_student_init_from_teacher_starts_at_the_teacher(data):
     fresh.fit()
     assert not torch.allclose(fresh.modules['student'].user_embedding.weight,
                               user, atol=1e-2)
+
+
+def test_on_epoch_end_can_end_a_stage(data):
+    # Returning True ends the stage after that epoch, as early stopping
+    # does; with no evaluation yet (eval_every=5), the state is validated
+    # there so that the stage has a selected epoch to test.
+    seen = []
+
+    def stop_at_three(stage, record):
+        seen.append((stage, record['epoch'], 'val' in record))
+        return record['epoch'] == 3
+
+    trainer = Trainer(data, tiny_config(model='lightgcn', epochs=10,
+                                        eval_every=5),
+                      quiet=True, on_epoch_end=stop_at_three)
+    results = trainer.fit()
+    assert seen == [('lightgcn', 1, False), ('lightgcn', 2, False),
+                    ('lightgcn', 3, False)]
+    assert results['lightgcn']['epochs'] == 3
+    assert results['lightgcn']['best_epoch'] == 3
+    assert trainer.history[-1]['val'] == results['lightgcn']['val']
+
+
+def test_load_model_rebuilds_every_saved_model(data, promptmm_run, tmp_path):
+    from pmm_geo import load_graph, load_model
+    from pmm_geo.data import modalities
+    from pmm_geo.nn import LATTICE, LightGCNStudent, MultimodalTeacher
+
+    run_dir, trainer, _ = promptmm_run
+    features = {m: data['item'][m] for m in modalities(data)}
+    graph = load_graph(run_dir)
+    assert torch.equal(graph.edge_index, data[EDGE_TYPE].edge_index)
+    student = load_model(run_dir)  # The served model: the student.
+    assert type(student) is LightGCNStudent and not student.training
+    assert repr(student) == repr(trainer.modules['student'])
+    ckpt = load_checkpoint(run_dir / 'student.pt')
+    with torch.no_grad():
+        user, item = student.get_embedding(graph)
+    assert torch.equal(user, ckpt['user_emb'])
+    assert torch.equal(item, ckpt['item_emb'])
+    top = student.recommend(graph, k=10, user_index=torch.tensor([3, 0]))
+    assert torch.equal(top, load_recommender(run_dir).recommend(
+        torch.tensor([3, 0]), k=10))
+
+    teacher = load_model(run_dir, 'teacher')  # Stage 1's selected state.
+    assert type(teacher) is MultimodalTeacher
+    ckpt = load_checkpoint(run_dir / 'teacher.pt')
+    with torch.no_grad():
+        user, item = teacher.get_embedding(graph, features)
+    assert torch.allclose(user, ckpt['user_emb'], atol=1e-6)
+    assert torch.allclose(item, ckpt['item_emb'], atol=1e-6)
+
+    Trainer(data, tiny_config(model='lattice', epochs=1, lattice_knn_k=5),
+            run_dir=tmp_path, quiet=True, plot=False).fit()
+    lattice = load_model(tmp_path)  # Frozen kNN graphs from the file.
+    assert type(lattice) is LATTICE
+    ckpt = load_checkpoint(tmp_path / 'lattice.pt')
+    assert ckpt['init']['features'] == {'image': 24, 'text': 12}
+    with torch.no_grad():
+        user, item = lattice.get_embedding(load_graph(tmp_path), features)
+    assert torch.allclose(user, ckpt['user_emb'], atol=1e-6)
+    assert torch.allclose(item, ckpt['item_emb'], atol=1e-6)
+    with pytest.raises(CheckpointError, match="no model 'student'"):
+        load_model(tmp_path, 'student')
+
+
+def test_a_registered_model_trains_exports_and_loads(data, tmp_path):
+    # Adding a model is one ModelSpec: the config, the command line and
+    # the loader all read the registry.
+    from pmm_geo import load_model
+    from pmm_geo.cli import build_parser
+    from pmm_geo.nn import LightGCNStudent
+    from pmm_geo.train import MODELS, ModelSpec, model_names, register_model
+    from pmm_geo.train.stages import LightGCNStage
+
+    class WideStage(LightGCNStage):
+        name = 'wide'
+
+    with pytest.raises(ConfigError, match="unknown model 'wide'"):
+        TrainConfig(model='wide')
+    register_model(ModelSpec('wide', (WideStage, ), needs_features=False))
+    try:
+        assert model_names()[-1] == 'wide'
+        args = build_parser().parse_args(['train', 'd', '--out', 'o',
+                                          '--model', 'wide'])
+        assert args.model == 'wide'
+        results = Trainer(data, tiny_config(model='wide', epochs=1),
+                          run_dir=tmp_path, quiet=True, plot=False).fit()
+        assert set(results) == {'wide'}
+        assert type(load_model(tmp_path)) is LightGCNStudent
+        with pytest.raises(ValueError, match='already registered'):
+            register_model(ModelSpec('wide', (WideStage, ), False))
+    finally:
+        MODELS.pop('wide')

@@ -6,10 +6,29 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .config import MODELS, ConfigError, TrainConfig
-from .engine import SELECT_METRIC, Trainer, TrainingInterrupted
+from .config import ConfigError, TrainConfig
+from .engine import (
+    SELECT_METRIC,
+    EarlyStopping,
+    Trainer,
+    TrainingInterrupted,
+    train_step,
+)
 from .progress import ProgressLogger, plot_curves
-from .run import SERVED, Recommender, RunDir, load_recommender
+from .registry import (
+    MODELS,
+    ModelSpec,
+    get_model,
+    model_names,
+    register_model,
+)
+from .run import (
+    Recommender,
+    RunDir,
+    load_graph,
+    load_model,
+    load_recommender,
+)
 from .threads import (
     ThreadWarning,
     available_cores,
@@ -21,9 +40,15 @@ __all__ = [
     'TrainConfig',
     'ConfigError',
     'MODELS',
+    'ModelSpec',
+    'get_model',
+    'model_names',
+    'register_model',
     'Trainer',
     'TrainingInterrupted',
     'SELECT_METRIC',
+    'EarlyStopping',
+    'train_step',
     'CheckpointError',
     'save_checkpoint',
     'load_checkpoint',
@@ -33,7 +58,8 @@ __all__ = [
     'RunDir',
     'Recommender',
     'load_recommender',
-    'SERVED',
+    'load_model',
+    'load_graph',
     'set_threads',
     'default_threads',
     'available_cores',

@@ -5,7 +5,6 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Mapping, Tuple
 
-MODELS = ('promptmm', 'lightgcn', 'lattice')
 STUDENT_INITS = ('fresh', 'teacher')
 BATCHINGS = ('full', 'sampled', 'auto')
 #: :obj:`batching="auto"` samples from this many train interactions on.
@@ -33,8 +32,9 @@ class TrainConfig:
     BPR, the no-distillation baseline) and :obj:`"lattice"`.
 
     Args:
-        model (str): :obj:`"promptmm"`, :obj:`"lightgcn"` or
-            :obj:`"lattice"`. (default: :obj:`"promptmm"`)
+        model (str): A model of :mod:`pmm_geo.train.registry`:
+            :obj:`"promptmm"`, :obj:`"lightgcn"` or :obj:`"lattice"`.
+            (default: :obj:`"promptmm"`)
         seed (int): Seed of model initialization, dropout and sampling.
             (default: :obj:`0`)
         epochs (int): Maximum number of epochs per stage; one epoch covers
@@ -250,9 +250,10 @@ class TrainConfig:
     # Checks -----------------------------------------------------------------
 
     def validate(self) -> None:
-        if self.model not in MODELS:
+        from .registry import model_names  # The registry imports us.
+        if self.model not in model_names():
             raise ConfigError(f"'model': unknown model '{self.model}' "
-                              f'(expected one of {MODELS})')
+                              f'(expected one of {model_names()})')
         for key in ('epochs', 'batch_size', 'embedding_dim', 'num_layers',
                     'student_dim', 'student_layers', 'eval_every',
                     'patience', 'num_list_negatives', 'lattice_layers',
@@ -337,4 +338,4 @@ def resolve_batching(config: TrainConfig, num_train_edges: int) -> str:
     return 'sampled' if num_train_edges >= AUTO_SAMPLED_EDGES else 'full'
 
 
-__all__ = ['TrainConfig', 'ConfigError', 'MODELS', 'resolve_batching']
+__all__ = ['TrainConfig', 'ConfigError', 'resolve_batching']

@@ -5,7 +5,7 @@ import json
 import os
 import time
 import warnings
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch.nn import Module
@@ -32,8 +32,9 @@ from .checkpoint import (
 )
 from .config import ConfigError, TrainConfig, resolve_batching
 from .progress import ProgressLogger, plot_curves
+from .registry import get_model
 from .run import RunDir
-from .stages import STAGES, Stage, StageContext
+from .stages import Stage, StageContext
 
 #: The metric that selects the epoch (on the validation split only).
 SELECT_METRIC = 'recall@20'
@@ -53,9 +54,66 @@ def _resolve_batching(config: TrainConfig, num_edges: int) -> str:
     return batching
 
 
+#: :obj:`on_epoch_end(stage_name, record)`: see :class:`Trainer`.
+EpochHook = Callable[[str, Dict[str, Any]], Optional[bool]]
+
+
 class TrainingInterrupted(RuntimeError):
-    r"""Raised by :meth:`Trainer.fit` when :obj:`interrupt_after` epochs were
-    run (a simulated kill, for tests of :obj:`resume`)."""
+    r"""Raised to abort :meth:`Trainer.fit` between two epochs (e.g. by an
+    :obj:`on_epoch_end` hook); the run continues with
+    :obj:`fit(resume=True)` from its last checkpoint."""
+
+
+class EarlyStopping:
+    r"""Validation-only model selection: keeps a snapshot of the modules at
+    the evaluation with the best :obj:`metric` (the first one on ties) and
+    asks to stop after :obj:`patience` evaluations without improvement.
+
+    Args:
+        patience (int): Evaluations without improvement before stopping.
+        metric (str): The validation metric to maximize.
+            (default: :obj:`"recall@20"`)
+        best (dict, optional): A saved :obj:`best` to continue from.
+        bad_evals (int): A saved count to continue from. (default: :obj:`0`)
+    """
+    def __init__(self, patience: int, metric: str = SELECT_METRIC,
+                 best: Optional[Dict[str, Any]] = None, bad_evals: int = 0):
+        self.patience, self.metric = patience, metric
+        #: :obj:`{'epoch', 'score', 'val', 'modules'}` of the best
+        #: evaluation so far (:obj:`None` before the first one).
+        self.best = best
+        self.bad_evals = bad_evals
+
+    def update(self, epoch: int, val: Dict[str, float],
+               modules: Dict[str, Module]) -> bool:
+        r"""Records the validation metrics :obj:`val` of :obj:`epoch`;
+        returns whether they improve on the best so far (then
+        :obj:`modules` are snapshot)."""
+        if self.best is None or val[self.metric] > self.best['score']:
+            self.best = {'epoch': epoch, 'score': val[self.metric],
+                         'val': val, 'modules': _snapshot(modules)}
+            self.bad_evals = 0
+            return True
+        self.bad_evals += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_evals >= self.patience
+
+
+def train_step(stage: Stage, optimizer: torch.optim.Optimizer, users,
+               pos, neg, batch: int) -> Tuple[torch.Tensor, Dict[str, float]]:
+    r"""One optimization step of :obj:`stage` on a batch of triplets;
+    returns the loss and its parts (a non-finite loss is an error)."""
+    loss, parts = stage.step(stage.batch(users, pos, neg, batch))
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f'[{stage.name}] the loss is {loss.item()};'
+                                 f' lower the learning rate')
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, parts
 
 
 def _seed(seed: int, stage_index: int) -> int:
@@ -144,13 +202,23 @@ class Trainer:
             finished (best state restored, test evaluated, checkpoint
             written), e.g. to record per-stage time or memory.
             (default: :obj:`None`)
+        on_epoch_end (callable, optional): Called as
+            :obj:`on_epoch_end(stage_name, record)` after every epoch (and
+            its checkpoint), :obj:`record` the epoch's entry of
+            :obj:`history` (loss, parts, validation metrics when evaluated).
+            Returning :obj:`True` ends the stage there (the best state so
+            far is restored and tested, as on early stopping); raising (e.g.
+            :class:`TrainingInterrupted`) aborts :meth:`fit`, which
+            :obj:`resume=True` then continues from the last checkpoint.
+            (default: :obj:`None`)
     """
     def __init__(self, data, config: Optional[TrainConfig] = None,
                  run_dir: Optional[str] = None, quiet: bool = False,
                  device='cpu', use_tqdm: Optional[bool] = None,
                  plot: bool = True,
                  on_stage_end: Optional[Callable[[str, Dict[str, Any]],
-                                                 None]] = None):
+                                                 None]] = None,
+                 on_epoch_end: Optional[EpochHook] = None):
         self.config = config if config is not None else TrainConfig()
         self.config.validate()
         self.device = torch.device(device)
@@ -169,9 +237,11 @@ class Trainer:
         self.context = StageContext(self.config, self.data, self.graph,
                                     self.features, self.sampler,
                                     self.generator)
+        self.spec = get_model(self.config.model)
         self.run = RunDir(run_dir) if run_dir is not None else None
         self.plot = plot
         self.on_stage_end = on_stage_end
+        self.on_epoch_end = on_epoch_end
         self.logger = ProgressLogger(
             self.run.file(RunDir.LOG) if self.run else None, quiet=quiet,
             use_tqdm=use_tqdm)
@@ -183,8 +253,6 @@ class Trainer:
         #: One record per epoch (loss, and validation metrics when
         #: evaluated), all stages.
         self.history: List[Dict[str, Any]] = []
-        self._epochs_run = 0
-        self._interrupt_after: Optional[int] = None
 
     # ------------------------------------------------------------------
     # Input checks
@@ -202,7 +270,7 @@ class Trainer:
             raise ConfigError(f"'ks': cut-off {max(self.config.ks)} exceeds "
                               f'the number of items ({num_items}); set '
                               f'smaller ks in the config')
-        if self.config.model in ('promptmm', 'lattice') and \
+        if get_model(self.config.model).needs_features and \
                 not modalities(data):
             raise ValueError(f"model '{self.config.model}' reads item "
                              f'features, but the data has none (add '
@@ -212,21 +280,16 @@ class Trainer:
     # ------------------------------------------------------------------
     # Public API
 
-    def fit(self, resume: bool = False,
-            interrupt_after: Optional[int] = None) -> Dict[str, Any]:
+    def fit(self, resume: bool = False) -> Dict[str, Any]:
         r"""Runs every stage of :obj:`config.model` and returns the results
         (the content of :obj:`metrics.json`).
 
         Args:
             resume (bool): Continue the run saved in :obj:`run_dir`.
                 (default: :obj:`False`)
-            interrupt_after (int, optional): Stop with
-                :class:`TrainingInterrupted` after this many epochs of this
-                call (a simulated kill, for tests). (default: :obj:`None`)
         """
         state = self._load_state() if resume else self._start_run()
-        self._epochs_run, self._interrupt_after = 0, interrupt_after
-        self.results, self.history = {}, []
+        self.results, self.history, self.modules = {}, [], {}
         if state is not None:
             self.results = dict(state['results'])
             self.history = list(state['history'])
@@ -235,8 +298,24 @@ class Trainer:
             self.logger.message(f"Resuming {self.config.model} at stage "
                                 f"'{state['stage']}', epoch "
                                 f"{state['epoch']}")
+        for stage in self.stages():
+            current = state is not None and state['stage'] == stage.name
+            if current:
+                _load(stage.modules, state['modules'], 'the training state')
+                stage.after_load()
+            if stage.name not in self.results:
+                self._run_stage(stage, state if current else None)
+            self.modules.update(stage.modules)
+        self._finish()
+        return self.results
+
+    def stages(self) -> Iterator[Stage]:
+        r"""Builds the stages of :obj:`config.model` one by one, each seeded
+        as :meth:`fit` seeds it and given the modules of the stages before
+        it (as they are when the next stage is asked for: train a stage
+        before building the one that distils from it)."""
         previous: Dict[str, Module] = {}
-        for index, stage_cls in enumerate(STAGES[self.config.model]):
+        for index, stage_cls in enumerate(self.spec.stages):
             stage = stage_cls(self.context)
             torch.manual_seed(_seed(self.config.seed, index))
             self.generator.manual_seed(_seed(self.config.seed, index))
@@ -244,16 +323,8 @@ class Trainer:
             if self.batching == 'sampled':
                 stage.loader = SubgraphLoader(self.data, self.config.fanouts,
                                               stage.num_hops(), self.graph)
-            current = state is not None and state['stage'] == stage.name
-            if current:
-                _load(stage.modules, state['modules'], 'the training state')
-                stage.after_load()
-            if stage.name not in self.results:
-                self._run_stage(stage, state if current else None)
+            yield stage
             previous.update(stage.modules)
-        self.modules = previous
-        self._finish()
-        return self.results
 
     # ------------------------------------------------------------------
     # Run directory
@@ -292,8 +363,9 @@ class Trainer:
                               f'with the config of {RunDir.CONFIG}')
         return state
 
-    def _save_state(self, stage: Stage, epoch: int, optimizer, best,
-                    bad_evals: int, elapsed: float, finished: bool) -> None:
+    def _save_state(self, stage: Stage, epoch: int, optimizer,
+                    stopper: EarlyStopping, elapsed: float,
+                    finished: bool) -> None:
         if self.run is None:
             return
         save_checkpoint({
@@ -305,8 +377,8 @@ class Trainer:
             'finished': finished,
             'modules': _snapshot(stage.modules),
             'optimizer': optimizer.state_dict(),
-            'best': best,
-            'bad_evals': bad_evals,
+            'best': None if finished else stopper.best,
+            'bad_evals': stopper.bad_evals,
             'elapsed': elapsed,
             'history': self.history,
             'results': self.results,
@@ -322,82 +394,88 @@ class Trainer:
     # One stage
 
     def _run_stage(self, stage: Stage, state: Optional[Dict[str, Any]]):
-        cfg, log = self.config, self.logger
+        cfg = self.config
         optimizer = stage.optimizer()
-        start_epoch, best, bad_evals, elapsed = 0, None, 0, 0.0
+        stopper = EarlyStopping(cfg.patience)
+        epoch, elapsed = 0, 0.0
         if state is not None:
             optimizer.load_state_dict(state['optimizer'])
-            start_epoch, best = state['epoch'], state['best']
-            bad_evals, elapsed = state['bad_evals'], state['elapsed']
+            stopper = EarlyStopping(cfg.patience, best=state['best'],
+                                    bad_evals=state['bad_evals'])
+            epoch, elapsed = state['epoch'], state['elapsed']
             _set_rng_state(state['rng'], self.generator)
-        num_batches = self.sampler.num_batches(cfg.batch_size)
-        last_epoch, stopped = start_epoch, False
-        if start_epoch == 0:
-            model = stage.modules[stage.served]
-            log.message(f'[{stage.name}] training {model} '
-                        f'({stage.num_params():,} parameters)')
-
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
-            if stopped:
-                break
+        else:
+            self.logger.message(f'[{stage.name}] training {stage.model} '
+                                f'({stage.num_params():,} parameters)')
+        for epoch in range(epoch + 1, cfg.epochs + 1):
             tic = time.perf_counter()
-            stage.train_mode()
-            batches = self.sampler.epoch_batches(cfg.batch_size,
-                                                 generator=self.generator)
-            progress = log.epoch(stage.name, epoch, cfg.epochs, batches,
-                                 num_batches)
-            for batch, (users, pos, neg) in enumerate(progress):
-                loss, parts = stage.step(stage.batch(users, pos, neg,
-                                                     batch))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f'[{stage.name}] epoch {epoch}: the loss is '
-                        f'{loss.item()}; lower the learning rate')
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                progress.update(loss.item(), parts)
-            record = {'stage': stage.name, 'epoch': epoch,
-                      'loss': progress.mean_loss, **progress.mean_parts()}
-
+            record = self._train_epoch(stage, optimizer, epoch)
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                user_emb, item_emb = stage.embeddings()
-                val = evaluate(user_emb, item_emb, self.data, 'val',
-                               ks=cfg.ks)
-                record['val'] = val
-                if best is None or val[SELECT_METRIC] > best['score']:
-                    best = {'epoch': epoch, 'score': val[SELECT_METRIC],
-                            'val': val, 'modules': _snapshot(stage.modules)}
-                    bad_evals = 0
-                else:
-                    bad_evals += 1
-                stopped = bad_evals >= cfg.patience
+                record['val'] = self._validate(stage, epoch, stopper)
             elapsed += time.perf_counter() - tic
             record['seconds'] = elapsed
-            self.history.append(record)
-            log.log(event='epoch', **record)
-            if 'val' in record:
-                log.evaluation(stage.name, epoch, record['val'], best['epoch'],
-                               best['score'], elapsed)
-            elif not log.use_tqdm:
-                log.message(f'[{stage.name}] epoch {epoch:4d}  loss '
-                            f'{record["loss"]:.4f}  {elapsed:7.1f}s')
-            last_epoch = epoch
-            done = stopped or epoch == cfg.epochs
+            self._log_epoch(stage, record, stopper)
+            done = stopper.should_stop or epoch == cfg.epochs
             if not done and epoch % cfg.checkpoint_every == 0:
-                self._save_state(stage, epoch, optimizer, best, bad_evals,
-                                 elapsed, finished=False)
-            self._epochs_run += 1
-            if (self._interrupt_after is not None and not done
-                    and self._epochs_run >= self._interrupt_after):
-                raise TrainingInterrupted(
-                    f'interrupted after epoch {epoch} of stage '
-                    f"'{stage.name}'")
-        self._end_stage(stage, optimizer, best, last_epoch, bad_evals,
-                        elapsed)
+                self._save_state(stage, epoch, optimizer, stopper, elapsed,
+                                 finished=False)
+            if self._end_epoch_hook(stage, record, stopper) or done:
+                break
+        self._end_stage(stage, optimizer, stopper, epoch, elapsed)
 
-    def _end_stage(self, stage: Stage, optimizer, best: Dict[str, Any],
-                   epochs: int, bad_evals: int, elapsed: float) -> None:
+    def _train_epoch(self, stage: Stage, optimizer,
+                     epoch: int) -> Dict[str, Any]:
+        r"""One pass over the train interactions; returns the epoch's
+        record (mean loss and parts)."""
+        cfg = self.config
+        stage.train_mode()
+        batches = self.sampler.epoch_batches(cfg.batch_size,
+                                             generator=self.generator)
+        progress = self.logger.epoch(stage.name, epoch, cfg.epochs, batches,
+                                     self.sampler.num_batches(cfg.batch_size))
+        for batch, (users, pos, neg) in enumerate(progress):
+            loss, parts = train_step(stage, optimizer, users, pos, neg, batch)
+            progress.update(loss.item(), parts)
+        return {'stage': stage.name, 'epoch': epoch,
+                'loss': progress.mean_loss, **progress.mean_parts()}
+
+    def _validate(self, stage: Stage, epoch: int,
+                  stopper: EarlyStopping) -> Dict[str, float]:
+        user_emb, item_emb = stage.embeddings()
+        val = evaluate(user_emb, item_emb, self.data, 'val',
+                       ks=self.config.ks)
+        stopper.update(epoch, val, stage.modules)
+        return val
+
+    def _log_epoch(self, stage: Stage, record: Dict[str, Any],
+                   stopper: EarlyStopping) -> None:
+        log = self.logger
+        self.history.append(record)
+        log.log(event='epoch', **record)
+        if 'val' in record:
+            log.evaluation(stage.name, record['epoch'], record['val'],
+                           stopper.best['epoch'], stopper.best['score'],
+                           record['seconds'])
+        elif not log.use_tqdm:
+            log.message(f'[{stage.name}] epoch {record["epoch"]:4d}  loss '
+                        f'{record["loss"]:.4f}  {record["seconds"]:7.1f}s')
+
+    def _end_epoch_hook(self, stage: Stage, record: Dict[str, Any],
+                        stopper: EarlyStopping) -> bool:
+        r"""Calls :obj:`on_epoch_end`; returns whether it ends the stage
+        (validating the current state if nothing was evaluated yet)."""
+        if self.on_epoch_end is None or not self.on_epoch_end(stage.name,
+                                                              record):
+            return False
+        if stopper.best is None:
+            record['val'] = self._validate(stage, record['epoch'], stopper)
+            self.logger.log(event='evaluation', stage=stage.name,
+                            epoch=record['epoch'], val=record['val'])
+        return True
+
+    def _end_stage(self, stage: Stage, optimizer, stopper: EarlyStopping,
+                   epochs: int, elapsed: float) -> None:
+        best = stopper.best
         _load(stage.modules, best['modules'], 'the best state')
         stage.after_load()
         user_emb, item_emb = stage.embeddings()
@@ -415,7 +493,7 @@ class Trainer:
             f"{test['recall@20']:.4f} ndcg@20 {test['ndcg@20']:.4f}; "
             f'{elapsed:.1f}s')
         self._export(stage, user_emb, item_emb, result)
-        self._save_state(stage, epochs, optimizer, None, bad_evals, elapsed,
+        self._save_state(stage, epochs, optimizer, stopper, elapsed,
                          finished=True)
         self._write_metrics()
         if self.on_stage_end is not None:
@@ -423,38 +501,21 @@ class Trainer:
 
     def _export(self, stage: Stage, user_emb, item_emb,
                 result: Dict[str, Any]) -> None:
-        r"""Writes :obj:`<model>.pt`: the served model's weights at the
-        selected epoch, its final embeddings and the train interactions
-        (what recommendation needs, without the data directory)."""
+        r"""Writes :obj:`<model>.pt`: the stage's model (class, constructor
+        arguments, weights at the selected epoch), its final embeddings and
+        the train interactions (what serving needs, without the data
+        directory)."""
         if self.run is None:
             return
-        model = stage.modules[stage.served]
-        ckpt = {
-            'kind': 'model', 'name': stage.name,
-            'class': type(model).__name__,
-            'state_dict': model.state_dict(),
+        stage.export(self.run, {
+            **stage.checkpoint(),
             'user_emb': user_emb.detach().cpu(),
             'item_emb': item_emb.detach().cpu(),
             'train_edge_index': self.graph.edge_index.cpu(),
             'config': self.config.to_dict(),
             'fingerprint': self.fingerprint,
             'metrics': result,
-        }
-        if type(model).__name__ == 'LightGCNStudent':
-            ckpt['init'] = {'num_users': model.num_users,
-                            'num_items': model.num_items,
-                            'embedding_dim': model.embedding_dim,
-                            'num_layers': model.num_layers,
-                            'layout': model.layout}
-        if 'teacher' in stage.modules and stage.served != 'teacher':
-            # Stage 2 tuned the prompt: record it next to the teacher.
-            path = self.run.model_file('teacher')
-            teacher = load_checkpoint(path, what='teacher checkpoint')
-            teacher.pop('format_version')
-            teacher['tuned_prompt_state_dict'] = \
-                stage.modules['teacher'].prompt.state_dict()
-            save_checkpoint(teacher, path)
-        save_checkpoint(ckpt, self.run.model_file(stage.name))
+        })
 
     def _finish(self) -> None:
         self._write_metrics()

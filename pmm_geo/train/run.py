@@ -12,11 +12,6 @@ from pmm_geo.ranking import recommend_items
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, TrainConfig
 
-#: The model each run serves (`pmm-geo recommend`): PromptMM serves its
-#: student; the baselines serve themselves.
-SERVED = {'promptmm': 'student', 'lightgcn': 'lightgcn', 'lattice': 'lattice'}
-
-
 class RunDir:
     r"""The files of one training run.
 
@@ -25,8 +20,9 @@ class RunDir:
     ``metrics.json``  ``{"<model>": {"val", "test", "epochs", ...}}``
     ``log.jsonl``     one JSON record per epoch / evaluation / event
     ``train_state.pt`` the resumable training state (latest epoch)
-    ``<model>.pt``    each trained model at its selected epoch
-                      (``teacher``, ``student``, ``lightgcn``, ``lattice``)
+    ``<model>.pt``    each trained model at its selected epoch (class,
+                      constructor arguments, weights, final embeddings,
+                      train interactions): ``teacher``, ``student``, ...
     ``curves.png``    training curves (when matplotlib is installed)
     ================  ====================================================
     """
@@ -117,38 +113,95 @@ def check_k(k: int, num_items: int) -> None:
                          f'items), got {k}')
 
 
+def _model_checkpoint(run_dir: str, which: Optional[str]):
+    from .registry import get_model
+    run = RunDir(run_dir)
+    if not run.exists():
+        raise CheckpointError(f'no run directory {run.path}')
+    if which is None:
+        try:
+            which = get_model(run.read_config().model).served
+        except (ConfigError, ValueError) as error:
+            raise CheckpointError(str(error)) from None
+    path = run.model_file(which)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no model '{which}' in {run.path} (no "
+                              f'{os.path.basename(path)})')
+    return load_checkpoint(path, what=f'{which} checkpoint'), path
+
+
+def _build(ckpt: Dict[str, Any], path: str) -> torch.nn.Module:
+    import pmm_geo.nn
+    cls = getattr(pmm_geo.nn, str(ckpt.get('class')), None)
+    if cls is None or 'init' not in ckpt:
+        raise CheckpointError(f'{path}: no model class and constructor '
+                              f"arguments recorded (class {ckpt.get('class')!r}"
+                              f'; saved by an older pmm_geo?)')
+    model = cls(**ckpt['init'])
+    model.load_state_dict(ckpt['state_dict'])
+    return model.eval()
+
+
+def load_model(run_dir: str, which: Optional[str] = None
+               ) -> torch.nn.Module:
+    r"""Rebuilds a trained model of a run, ready for serving: its
+    :mod:`pmm_geo.nn` class, constructor arguments and weights (at the
+    selected epoch) from :obj:`RUN_DIR/<which>.pt` alone, in eval mode.
+
+    The student (and :obj:`lightgcn`) then needs nothing but the train
+    graph, :func:`load_graph`; the teacher and :obj:`lattice` also take the
+    item features in their forward pass.
+
+    .. code-block:: python
+
+        student = pmm_geo.load_model('runs/sci')  # LightGCNStudent
+        graph = pmm_geo.load_graph('runs/sci')
+        top = student.recommend(graph, k=20, user_index=torch.tensor([0, 7]))
+
+    Args:
+        run_dir (str): The run directory.
+        which (str, optional): The model: :obj:`'student'`,
+            :obj:`'teacher'`, :obj:`'lightgcn'`, :obj:`'lattice'`, ...
+            (default: the one the run serves, the student for
+            :obj:`promptmm`)
+    """
+    ckpt, path = _model_checkpoint(run_dir, which)
+    return _build(ckpt, path)
+
+
+def load_graph(run_dir: str, which: Optional[str] = None):
+    r"""The train interactions a saved model propagates over, as the
+    :class:`~pmm_geo.data.BipartiteAdjacency` its methods take (read from
+    the model's checkpoint: no data directory needed)."""
+    from pmm_geo.data import BipartiteAdjacency
+    ckpt, _ = _model_checkpoint(run_dir, which)
+    user_emb, item_emb = ckpt['user_emb'], ckpt['item_emb']
+    return BipartiteAdjacency(ckpt['train_edge_index'], user_emb.size(0),
+                              item_emb.size(0))
+
+
 def load_recommender(run_dir: str, model: Optional[str] = None
                      ) -> Recommender:
     r"""Loads the served model of a run (the student for :obj:`promptmm`)
     for recommendation: only its checkpoint is read (final embeddings and
     the train interactions); no data directory, features or teacher.
 
-    For a LightGCN student the embeddings are recomputed from the saved
-    weights over the saved train graph, i.e. exactly what
-    :class:`~pmm_geo.nn.LightGCNStudent` serves.
+    A model that needs no item features (the student, :obj:`lightgcn`) is
+    rebuilt with :func:`load_model` and its embeddings recomputed over the
+    saved train graph, i.e. exactly what it serves; the others serve their
+    saved final embeddings.
     """
-    run = RunDir(run_dir)
-    if not run.exists():
-        raise CheckpointError(f'no run directory {run.path}')
-    if model is None:
-        try:
-            model = SERVED[run.read_config().model]
-        except ConfigError as error:
-            raise CheckpointError(str(error)) from None
-    ckpt = load_checkpoint(run.model_file(model), what=f'{model} checkpoint')
+    ckpt, path = _model_checkpoint(run_dir, model)
     edge_index = ckpt['train_edge_index']
     user_emb, item_emb = ckpt['user_emb'], ckpt['item_emb']
-    if ckpt.get('class') == 'LightGCNStudent':
+    if ckpt.get('needs_features') is False:
         from pmm_geo.data import BipartiteAdjacency
-        from pmm_geo.nn.models.student import LightGCNStudent
-        init = ckpt['init']
-        student = LightGCNStudent(**init)
-        student.load_state_dict(ckpt['state_dict'])
-        student.eval()
         with torch.no_grad():
-            user_emb, item_emb = student.get_embedding(BipartiteAdjacency(
-                edge_index, init['num_users'], init['num_items']))
+            user_emb, item_emb = _build(ckpt, path).get_embedding(
+                BipartiteAdjacency(edge_index, user_emb.size(0),
+                                   item_emb.size(0)))
     return Recommender(user_emb, item_emb, edge_index)
 
 
-__all__ = ['RunDir', 'Recommender', 'load_recommender', 'SERVED']
+__all__ = ['RunDir', 'Recommender', 'load_model', 'load_graph',
+           'load_recommender']

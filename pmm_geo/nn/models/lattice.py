@@ -1,5 +1,5 @@
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,7 @@ from pmm_geo.data.adjacency import LAYOUTS, as_adjacency
 from pmm_geo.nn._sparse import sparse_mm
 from pmm_geo.nn.conv import BipartiteConv
 from pmm_geo.nn.functional import lightgcn_propagate
+from pmm_geo.nn.models._args import init_args
 from pmm_geo.nn.knn import DEFAULT_BLOCK_SIZE, cosine_knn, edge_cosine
 
 ItemGraph = Tuple[Tensor, Tensor]  # (edge_index [2, E] row-sorted, weight [E])
@@ -150,6 +151,9 @@ class LATTICE(torch.nn.Module):
         features (Dict[str, torch.Tensor]): Raw item features per modality,
             each :math:`(I, d_m)`; used here to build the frozen graphs and
             to size the projections, and passed again to :meth:`forward`.
+            To rebuild a saved model, the widths :math:`d_m` (ints) do:
+            the frozen graphs are then left empty for
+            :meth:`load_state_dict` (see :meth:`init_args`).
         embedding_dim (int, optional): Width of the user and item id
             embeddings. (default: :obj:`64`)
         num_layers (int, optional): Number of LightGCN layers :math:`L`.
@@ -213,7 +217,7 @@ class LATTICE(torch.nn.Module):
                              f"(expected one of {LAYOUTS})")
         if not isinstance(features, dict) or len(features) == 0:
             raise ValueError("'features' must be a non-empty dict "
-                             "{modality: [num_items, dim] tensor}")
+                             "{modality: [num_items, dim] tensor or dim}")
         feat_embed_dim = embedding_dim if feat_embed_dim is None else \
             feat_embed_dim
 
@@ -230,6 +234,9 @@ class LATTICE(torch.nn.Module):
         self.modalities: List[str] = list(features)
         self.feature_dims = {}
         for m, x in features.items():
+            if isinstance(x, int) and not isinstance(x, bool) and x > 0:
+                self.feature_dims[m] = x  # A width: to load saved graphs.
+                continue
             self._check_feature(m, x)
             self.feature_dims[m] = x.size(1)
 
@@ -303,7 +310,12 @@ class LATTICE(torch.nn.Module):
             self.knn_k)
 
     @torch.no_grad()
-    def _frozen_graph(self, x: Tensor) -> ItemGraph:
+    def _frozen_graph(self, x) -> ItemGraph:
+        if not isinstance(x, Tensor):  # Only the width: an empty graph of
+            # the right shape, for load_state_dict to fill.
+            size = self.num_items * self.knn_k
+            return (torch.zeros(2, size, dtype=torch.long),
+                    torch.zeros(size))
         values, col = cosine_knn(x, self.knn_k, self.knn_block_size)
         row = torch.arange(self.num_items, device=x.device).repeat_interleave(
             self.knn_k)
@@ -409,6 +421,13 @@ class LATTICE(torch.nn.Module):
         r"""Returns :obj:`(user, item)` embeddings with a freshly built item
         graph (LATTICE's evaluation; call it under :func:`torch.no_grad`)."""
         return self(graph, features, build_item_graph=True)
+
+    def init_args(self) -> Dict[str, Any]:
+        r"""The constructor arguments of this model (what
+        :func:`pmm_geo.load_model` rebuilds it from): the feature tables
+        are recorded by their widths, the frozen graphs are in the
+        :obj:`state_dict`."""
+        return init_args(self, features=dict(self.feature_dims))
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.num_users}, '

@@ -1,4 +1,4 @@
-from typing import List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -8,6 +8,7 @@ from pmm_geo.data.adjacency import LAYOUTS, BipartiteAdjacency, as_adjacency
 from pmm_geo.nn.conv import BipartiteConv
 from pmm_geo.nn.functional import lightgcn_propagate, pair_scores
 from pmm_geo.nn._checks import check_positive
+from pmm_geo.nn.models._args import init_args
 from pmm_geo.ranking import recommend_items
 
 NodeId = Union[Tensor, Tuple[Tensor, Tensor]]
@@ -294,6 +295,11 @@ class LightGCNStudent(Module):
             bad = low if low < 0 else high
             raise ValueError(f"'{name}' holds id {bad}, out of range "
                              f"0..{num - 1}")
+
+    def init_args(self) -> Dict[str, Any]:
+        r"""The constructor arguments of this student (what
+        :func:`pmm_geo.load_model` rebuilds it from)."""
+        return init_args(self, alpha=self.alpha.detach().cpu().clone())
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.num_users}, '

@@ -1,4 +1,4 @@
-from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,7 @@ from pmm_geo.nn.losses import BPRLoss
 from pmm_geo.nn.projector import NORM_EPS, PromptedProjector
 from pmm_geo.nn.prompt import PromptLearner
 from pmm_geo.nn._checks import check_positive
+from pmm_geo.nn.models._args import init_args
 
 
 class TeacherOutput(NamedTuple):
@@ -468,6 +469,14 @@ class MultimodalTeacher(Module):
         # Moving the module (device/dtype) invalidates the cached tensors.
         self.clear_cache()
         return super()._apply(fn, *args, **kwargs)
+
+    def init_args(self) -> Dict[str, Any]:
+        r"""The constructor arguments of this teacher (what
+        :func:`pmm_geo.load_model` rebuilds it from)."""
+        projector = next(iter(self.projectors.values()))
+        return init_args(self, dropout=projector.dropout.p,
+                         beta=projector.beta,
+                         prompt_dropout=self.prompt.dropout.p)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.num_users}, '

@@ -1,0 +1,208 @@
+r"""PromptMM's two stages: the multimodal teacher and its prompt (stage 1),
+then the student distilled from the frozen teacher (stage 2)."""
+from typing import List, Optional
+
+import torch
+
+from pmm_geo.nn.models.student import LightGCNStudent
+from pmm_geo.nn.models.teacher import MultimodalTeacher, TeacherOutput
+from pmm_geo.nn.objective import PromptMMObjective
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import TrainConfig
+from .base import (Batch, ModelSpec, Stage, StageContext, adam,
+                   input_tables)
+from .lightgcn import build_student
+
+
+def build_teacher(config: TrainConfig, ctx: StageContext
+                  ) -> MultimodalTeacher:
+    r"""The teacher of :obj:`config` for the data of :obj:`ctx` (hard
+    tokens computed)."""
+    dims = {m: x.size(1) for m, x in ctx.features.items()}
+    teacher = MultimodalTeacher(
+        ctx.num_users, ctx.num_items, dims,
+        embedding_dim=config.embedding_dim, num_layers=config.num_layers,
+        dropout=config.teacher_dropout, beta=config.teacher_beta,
+        gamma=config.teacher_gamma, fusion_weight=config.teacher_lambda,
+        modality_weight=config.teacher_modality_weight,
+        lambda_reg=config.reg_weight, layout=config.layout)
+    teacher.to(ctx.graph.device)
+    return teacher.init_prompt(ctx.graph, ctx.features)
+
+
+def build_objective(config: TrainConfig,
+                    modalities: List[str]) -> PromptMMObjective:
+    r"""The student objective of :obj:`config` (its distillation weights,
+    temperatures and embedding-KD heads)."""
+    return PromptMMObjective(
+        modalities, config.student_dim, config.embedding_dim,
+        pair_weight=config.kd_pair_weight, list_weight=config.kd_list_weight,
+        emb_weight=config.kd_emb_weight, lambda_reg=config.reg_weight,
+        pair_tau=config.pair_tau, list_tau=config.list_tau,
+        list_alpha=config.list_alpha, list_beta=config.list_beta,
+        list_reweight=config.list_reweight, emb_alpha=config.emb_alpha)
+
+
+class TeacherStage(Stage):
+    r"""PromptMM stage 1: teacher and prompt trained together on BPR over
+    the fused embeddings plus BPR over each modality branch."""
+    name = 'teacher'
+    needs_features = True
+
+    def build(self, previous):
+        self.modules = {self.name: build_teacher(self.config, self.ctx)}
+
+    def num_hops(self):
+        # The id branch has num_layers layers, a modality branch two.
+        return max(self.config.num_layers, 2)
+
+    def step(self, batch):
+        out = self.model(batch.graph, self.ctx.features)
+        return self.model.loss(out, batch.users, batch.pos, batch.neg,
+                               graph=batch.graph), {}
+
+
+class DistillStage(Stage):
+    r"""PromptMM stage 2: a fresh LightGCN student trained on the
+    :class:`~pmm_geo.nn.PromptMMObjective`
+
+    .. math::
+        \mathcal{L}_{BPR} + \lambda_{pair} \mathcal{L}_{pair}
+        + \lambda_{list} \sum_m \mathcal{L}_{list}^m
+        + \lambda_{emb} \sum_m \mathcal{L}_{emb}^m
+
+    against the frozen teacher (eval mode: no dropout on the targets). With
+    :obj:`prompt_tuning`, the teacher's forward runs with gradients so the
+    prompt keeps learning from the student's loss; the teacher's weights
+    stay fixed (no gradient, not in the optimizer) and what does not depend
+    on the prompt is computed once (:meth:`MultimodalTeacher.cache_frozen`).
+    Without it, the teacher's outputs are computed once. The student
+    starts from random tables or, with :obj:`student_init="teacher"`, from
+    the teacher's final fused embeddings."""
+    name = 'student'
+
+    def build(self, previous):
+        cfg = self.config
+        teacher = previous['teacher']
+        student = build_student(cfg, self.ctx)
+        if cfg.student_init == 'teacher':
+            self._init_from_teacher(student, teacher)
+        self.objective = build_objective(cfg, teacher.modalities).to(
+            self.ctx.graph.device)
+        self.modules = {self.name: student, 'objective': self.objective,
+                        'teacher': teacher}
+        self.after_load()
+
+    @torch.no_grad()
+    def _init_from_teacher(self, student: LightGCNStudent,
+                           teacher: MultimodalTeacher) -> None:
+        # The teacher's final fused embeddings (eval mode, stage-1 prompt)
+        # become the student's layer-0 tables.
+        teacher.eval()
+        user, item = teacher.get_embedding(self.ctx.graph, self.ctx.features)
+        student.user_embedding.weight.copy_(user)
+        student.item_embedding.weight.copy_(item)
+
+    def after_load(self):
+        teacher = self.modules['teacher']
+        teacher.clear_cache()
+        teacher.freeze(train_prompt=self.config.prompt_tuning)
+        # Only the prompt changes from here on: cache the rest.
+        teacher.cache_frozen(self.ctx.graph, self.ctx.features)
+        self._fixed_targets = self._stale_targets = None
+        if not self.config.prompt_tuning:
+            with torch.no_grad():
+                self._fixed_targets = teacher(self.ctx.graph,
+                                              self.ctx.features)
+
+    def optimizer(self):
+        cfg = self.config
+        prompt = [p for p in self.modules['teacher'].prompt.parameters()
+                  if p.requires_grad]
+        return adam([
+            {'params': list(self.model.parameters()) +
+             list(self.objective.parameters()), 'lr': cfg.student_lr},
+            {'params': prompt, 'lr': cfg.prompt_lr},
+        ], cfg, self.sparse_tables())
+
+    def num_hops(self):
+        hops = self.config.student_layers
+        if self.objective.uses_teacher and self.config.prompt_tuning:
+            # The teacher runs on the subgraph too.
+            hops = max(hops, self.config.num_layers, 2)
+        return hops
+
+    def candidates(self, users, pos):
+        if not self.objective.uses_lists:
+            return None
+        return self.ctx.sampler.candidate_lists(
+            users, pos, self.config.num_list_negatives,
+            generator=self.ctx.generator)
+
+    def train_mode(self):
+        self.model.train()
+        self.objective.train()
+        self.modules['teacher'].eval()  # Frozen: no dropout on targets.
+
+    def teacher_targets(self, batch: Optional[Batch] = None
+                        ) -> TeacherOutput:
+        r"""The teacher's outputs for the batch's graph (default: the full
+        graph): computed once without prompt tuning; on a sampled subgraph,
+        by the teacher on the subgraph (gradient to the prompt); on the full
+        graph, recomputed with gradient to the prompt every
+        :obj:`teacher_refresh` steps of an epoch and reused, detached, in
+        between."""
+        if batch is None:
+            batch = Batch(self.ctx.graph, *(None, ) * 4)
+        if self._fixed_targets is not None:
+            return select_output(self._fixed_targets, batch.graph)
+        teacher = self.modules['teacher']
+        if batch.graph is not batch.graph.root:
+            return teacher(batch.graph, self.ctx.features)
+        if (self._stale_targets is None
+                or batch.index % self.config.teacher_refresh == 0):
+            out = teacher(batch.graph, self.ctx.features)
+            self._stale_targets = TeacherOutput(
+                out.user.detach(), out.item.detach(),
+                {m: x.detach() for m, x in out.modal_user.items()},
+                {m: x.detach() for m, x in out.modal_item.items()})
+            return out
+        return self._stale_targets
+
+    def step(self, batch):
+        objective, student = self.objective, self.model
+        user, item = student.get_embedding(batch.graph)
+        teacher = self.teacher_targets(batch) if objective.uses_teacher \
+            else None
+        loss, parts = objective(user, item, teacher, batch.users, batch.pos,
+                                batch.neg, batch.lists,
+                                input_emb=input_tables(student, batch.graph))
+        return loss, {name: part.item() for name, part in parts.items()}
+
+    def export(self, run, checkpoint):
+        # Stage 2 tuned the prompt: record it next to the stage-1 teacher.
+        path = run.model_file(TeacherStage.name)
+        teacher = load_checkpoint(path, what='teacher checkpoint')
+        teacher.pop('format_version')
+        teacher['tuned_prompt_state_dict'] = \
+            self.modules['teacher'].prompt.state_dict()
+        save_checkpoint(teacher, path)
+        super().export(run, checkpoint)
+
+
+def select_output(out: TeacherOutput, graph) -> TeacherOutput:
+    r"""The rows of a full-graph :class:`TeacherOutput` for the nodes of
+    :obj:`graph` (all of them for the full graph)."""
+    if graph is graph.root:
+        return out
+    return TeacherOutput(
+        graph.select_users(out.user), graph.select_items(out.item),
+        {m: graph.select_users(x) for m, x in out.modal_user.items()},
+        {m: graph.select_items(x) for m, x in out.modal_item.items()})
+
+
+SPEC = ModelSpec('promptmm', (TeacherStage, DistillStage),
+                 needs_features=True,
+                 description='the multimodal teacher and its prompt, then '
+                 'the distilled LightGCN student (default)')
