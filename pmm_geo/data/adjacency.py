@@ -149,38 +149,48 @@ class BipartiteAdjacency:
     def _build(self, direction: str, layout: str) -> AdjacencyView:
         user, item = self.edge_index
         if direction == 'item_to_user':
-            src, dst, size = item, user, (self.num_items, self.num_users)
-        else:
-            src, dst, size = user, item, (self.num_users, self.num_items)
-        weight = self.edge_weight
-
-        if layout == 'edge_index':
-            return AdjacencyView(torch.stack([src, dst]), weight, size)
-
-        if layout == 'edge_index_fused':
-            index = EdgeIndex(torch.stack([src, dst]).contiguous(),
-                              sparse_size=size)
-            index, perm = index.sort_by('col')
-            index.fill_cache_()  # CSC for forward, CSR for backward.
-            return AdjacencyView(index, weight[perm], None)
-
-        # Sparse layouts hold the *transposed* adjacency (rows = targets).
-        if layout == 'csr':
-            adj_t = torch.sparse_coo_tensor(torch.stack([dst, src]), weight,
-                                            (size[1], size[0]),
-                                            check_invariants=False)
-            return AdjacencyView(adj_t.coalesce().to_sparse_csr(), None, None)
-
-        if not WITH_TORCH_SPARSE:
-            raise ImportError("The 'sparse_tensor' layout needs torch-sparse "
-                              "(pip install 'pmm_geo[sparse]')")
-        adj_t = SparseTensor(row=dst, col=src, value=weight,
-                             sparse_sizes=(size[1], size[0]))
-        return AdjacencyView(adj_t, None, None)
+            return adjacency_view(item, user, self.edge_weight,
+                                  (self.num_items, self.num_users), layout)
+        return adjacency_view(user, item, self.edge_weight,
+                              (self.num_users, self.num_items), layout)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(num_users={self.num_users}, '
                 f'num_items={self.num_items}, num_edges={self.num_edges})')
+
+
+def adjacency_view(src: Tensor, dst: Tensor, weight: Tensor,
+                   size: Tuple[int, int], layout: str) -> AdjacencyView:
+    r"""Builds the :class:`AdjacencyView` of the weighted edges
+    :obj:`src -> dst` between :obj:`size = (num_src, num_dst)` nodes in one
+    of :obj:`LAYOUTS` (shared by :class:`BipartiteAdjacency` and the frozen
+    item-item graphs of :class:`pmm_geo.nn.ItemKNNConv`)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"Unknown adjacency layout '{layout}' "
+                         f"(expected one of {LAYOUTS})")
+    if layout == 'edge_index':
+        return AdjacencyView(torch.stack([src, dst]), weight, size)
+
+    if layout == 'edge_index_fused':
+        index = EdgeIndex(torch.stack([src, dst]).contiguous(),
+                          sparse_size=size)
+        index, perm = index.sort_by('col')
+        index.fill_cache_()  # CSC for forward, CSR for backward.
+        return AdjacencyView(index, weight[perm], None)
+
+    # Sparse layouts hold the *transposed* adjacency (rows = targets).
+    if layout == 'csr':
+        adj_t = torch.sparse_coo_tensor(torch.stack([dst, src]), weight,
+                                        (size[1], size[0]),
+                                        check_invariants=False)
+        return AdjacencyView(adj_t.coalesce().to_sparse_csr(), None, None)
+
+    if not WITH_TORCH_SPARSE:
+        raise ImportError("The 'sparse_tensor' layout needs torch-sparse "
+                          "(pip install 'pmm_geo[sparse]')")
+    adj_t = SparseTensor(row=dst, col=src, value=weight,
+                         sparse_sizes=(size[1], size[0]))
+    return AdjacencyView(adj_t, None, None)
 
 
 def get_adjacency(data) -> BipartiteAdjacency:

@@ -1,5 +1,5 @@
 r"""Models, propagation layers and distillation losses."""
-from .conv import BipartiteConv
+from .conv import BipartiteConv, FrozenItemGraph
 from .prompt import PromptLearner
 from .projector import PromptedProjector
 from .models import LightGCNStudent, MultimodalTeacher
@@ -10,6 +10,7 @@ from .objective import ObjectiveOutput, PromptMMObjective
 
 __all__ = [
     'BipartiteConv',
+    'FrozenItemGraph',
     'LightGCNStudent',
     'LATTICE',
     'PromptLearner',

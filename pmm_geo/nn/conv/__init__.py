@@ -1,3 +1,13 @@
 from .bipartite_conv import BipartiteConv
+from .frozen_item_graph import (
+    FrozenItemGraph,
+    mix_item_graphs,
+    modality_mix_weights,
+)
 
-__all__ = ['BipartiteConv']
+__all__ = [
+    'BipartiteConv',
+    'FrozenItemGraph',
+    'mix_item_graphs',
+    'modality_mix_weights',
+]

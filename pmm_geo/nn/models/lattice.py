@@ -6,14 +6,20 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Embedding, Linear, ModuleDict, Parameter
 from torch_geometric.index import index2ptr
-from torch_geometric.utils import coalesce, scatter
+from torch_geometric.utils import coalesce
 
 from pmm_geo.data.adjacency import LAYOUTS, as_adjacency
 from pmm_geo.nn._sparse import sparse_mm
 from pmm_geo.nn.conv import BipartiteConv
 from pmm_geo.nn.functional import lightgcn_propagate
 from pmm_geo.nn.models._args import init_args
-from pmm_geo.nn.knn import DEFAULT_BLOCK_SIZE, cosine_knn, edge_cosine
+from pmm_geo.nn.knn import (
+    DEFAULT_BLOCK_SIZE,
+    cosine_knn,
+    edge_cosine,
+    knn_item_graph,
+    symmetric_normalize,
+)
 
 ItemGraph = Tuple[Tensor, Tensor]  # (edge_index [2, E] row-sorted, weight [E])
 
@@ -57,22 +63,6 @@ class _ItemGraphMatmul(torch.autograd.Function):
             grad_x = sparse_mm(
                 _csr(col[perm], row[perm], value[perm], x.size(0)), grad_out)
         return None, grad_value, grad_x
-
-
-def _symmetric_normalize(row: Tensor, col: Tensor, value: Tensor,
-                         num_nodes: int) -> Tensor:
-    r"""`D^-1/2 A D^-1/2` with `D` the ROW sums of `A` (LATTICE's
-    `compute_normalized_laplacian`; the kNN graph is directed, so row and
-    column sums differ). Duplicated edges may be left uncoalesced: the map
-    is linear in the edge values."""
-    deg = scatter(value, row, 0, dim_size=num_nodes, reduce='sum')
-    # LATTICE maps a zero degree to 0 (inf -> 0) and a negative one (possible
-    # with negative learned cosines) to NaN; we map every degree <= 0 to 0.
-    positive = deg > 0
-    deg_inv_sqrt = torch.where(
-        positive, torch.where(positive, deg, torch.ones_like(deg)).rsqrt(),
-        torch.zeros_like(deg))
-    return deg_inv_sqrt[row] * value * deg_inv_sqrt[col]
 
 
 class LATTICE(torch.nn.Module):
@@ -316,12 +306,7 @@ class LATTICE(torch.nn.Module):
             size = self.num_items * self.knn_k
             return (torch.zeros(2, size, dtype=torch.long),
                     torch.zeros(size))
-        values, col = cosine_knn(x, self.knn_k, self.knn_block_size)
-        row = torch.arange(self.num_items, device=x.device).repeat_interleave(
-            self.knn_k)
-        col, values = col.view(-1), values.view(-1)
-        weight = _symmetric_normalize(row, col, values, self.num_items)
-        return torch.stack([row, col]), weight
+        return knn_item_graph(x, self.knn_k, block_size=self.knn_block_size)
 
     def frozen_graph(self, modality: str) -> ItemGraph:
         r"""The normalized frozen kNN graph :math:`\mathcal{L}
@@ -354,9 +339,9 @@ class LATTICE(torch.nn.Module):
             learned_value.append(weights[j] * edge_cosine(z, col).view(-1))
         learned_row = row.repeat(len(self.modalities))
         learned_col = torch.cat(learned_col)
-        learned_value = _symmetric_normalize(learned_row, learned_col,
-                                             torch.cat(learned_value),
-                                             self.num_items)
+        learned_value = symmetric_normalize(learned_row, learned_col,
+                                            torch.cat(learned_value),
+                                            self.num_items)
 
         # Frozen graph: normalized at construction, mixed now.
         frozen_index, frozen_value = [], []
