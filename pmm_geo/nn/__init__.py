@@ -3,7 +3,7 @@ from .conv import BipartiteConv, FrozenItemGraph
 from .prompt import PromptLearner
 from .projector import PromptedProjector
 from .models import LightGCNStudent, MultimodalTeacher
-from .models import LATTICE
+from .models import FREEDOM, LATTICE
 from .losses import (BPRLoss, EmbeddingKDLoss, ListwiseKDLoss,
                      PairwiseKDLoss)
 from .objective import ObjectiveOutput, PromptMMObjective
@@ -13,6 +13,7 @@ __all__ = [
     'FrozenItemGraph',
     'LightGCNStudent',
     'LATTICE',
+    'FREEDOM',
     'PromptLearner',
     'PromptedProjector',
     'MultimodalTeacher',
