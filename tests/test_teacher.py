@@ -7,7 +7,10 @@ from pmm_geo.data import BipartiteAdjacency, modalities
 from pmm_geo.data.sampler import NegativeSampler
 from pmm_geo.data.synthetic import synthetic
 from pmm_geo.nn import BPRLoss, MultimodalTeacher, PromptLearner
+from pmm_geo.nn.conv import modality_mix_weights
 from pmm_geo.nn.models import TeacherOutput
+
+from test_frozen_item_graph import dense_knn_graph
 
 NUM_USERS, NUM_ITEMS = 7, 9
 
@@ -59,6 +62,9 @@ def dense_teacher(teacher, adj, features):
             lin.weight.double().t() + lin.bias.double()
         modal_user[m] = a @ projected
         modal_item[m] = a.t() @ modal_user[m]
+        if teacher.item_graphs is not None:  # FREEDOM's frozen kNN graph.
+            modal_item[m] += dense_knn_graph(x, teacher.knn_k,
+                                             False) @ projected
 
     big = torch.zeros(NUM_USERS + NUM_ITEMS, NUM_USERS + NUM_ITEMS,
                       dtype=torch.float64)
@@ -74,6 +80,12 @@ def dense_teacher(teacher, adj, features):
     for _ in range(teacher.num_layers):
         layers.append(big @ layers[-1])
     fused = torch.stack(layers).mean(0)
+    if teacher.item_graphs is not None:
+        weights = modality_mix_weights(list(features))
+        fused[NUM_USERS:] += sum(
+            weights[m] * dense_knn_graph(x.double(), teacher.knn_k, False)
+            for m, x in features.items()) @ \
+            teacher.item_embedding.weight.double()
     for m in features:
         fused = fused + teacher.fusion_weight * torch.cat(
             [rownorm(modal_user[m]), rownorm(modal_item[m])])
@@ -104,6 +116,61 @@ def test_teacher_matches_dense_reference(names, num_layers):
                               atol=1e-5)
     embedding = teacher.get_embedding(adj, features)
     assert torch.equal(embedding[0], out.user)
+
+
+@pytest.mark.parametrize('names', [('image', ), ('image', 'text'),
+                                   ('image', 'text', 'audio')])
+@pytest.mark.parametrize('num_layers', [0, 2])
+def test_teacher_with_item_graphs_matches_dense_reference(names, num_layers):
+    adj = toy_graph()
+    features = toy_features(names)
+    teacher = make_teacher(names, adj, features, num_layers=num_layers,
+                           gamma=0.3, beta=0.5, item_graph=True, knn_k=4)
+    teacher.eval()
+    out = teacher(adj, features)
+    user, item, modal_user, modal_item = dense_teacher(teacher, adj, features)
+    assert torch.allclose(out.user.double(), user, atol=1e-5)
+    assert torch.allclose(out.item.double(), item, atol=1e-5)
+    for m in names:
+        assert torch.allclose(out.modal_user[m].double(), modal_user[m],
+                              atol=1e-5)
+        assert torch.allclose(out.modal_item[m].double(), modal_item[m],
+                              atol=1e-5)
+    # The graphs change the items by a real amount.
+    plain = make_teacher(names, adj, features, num_layers=num_layers,
+                         gamma=0.3, beta=0.5).eval()(adj, features)
+    assert (plain.item - out.item).abs().max() > 1e-2
+
+
+def test_item_graphs_cache_state_dict_and_errors():
+    adj = toy_graph()
+    features = toy_features(['image', 'text'])
+    teacher = make_teacher(['image', 'text'], adj, features, beta=0.8,
+                           gamma=0.2, item_graph=True, knn_k=3).freeze()
+    assert repr(teacher).endswith('num_layers=3, item_graph=True, knn_k=3)')
+    reference = teacher(adj, features)
+    teacher.cache_frozen(adj, features)
+    cached = teacher(adj, features)
+    assert torch.allclose(cached.item, reference.item, atol=1e-5)
+    assert torch.allclose(cached.modal_item['text'],
+                          reference.modal_item['text'], atol=1e-5)
+    # The prompt reaches the item-item term of the modality branch.
+    grad = torch.autograd.grad(cached.modal_item['image'].sum(),
+                               teacher.prompt.parameters(),
+                               allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grad)
+
+    state = teacher.state_dict()
+    assert 'item_graphs.image.edge_index' in state
+    clone = MultimodalTeacher(NUM_USERS, NUM_ITEMS, {'image': 6, 'text': 4},
+                              embedding_dim=5, beta=0.8, gamma=0.2,
+                              item_graph=True, knn_k=3)
+    clone.load_state_dict(state)
+    clone.eval()
+    assert torch.allclose(clone(adj, features).item, reference.item,
+                          atol=1e-6)
+    with pytest.raises(ValueError, match="'knn_k' must be an integer in"):
+        MultimodalTeacher(3, 4, {'a': 2}, item_graph=True, knn_k=5)
 
 
 def test_num_layers_is_honoured_and_layouts_agree():

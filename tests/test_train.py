@@ -147,6 +147,21 @@ def test_frozen_prompt_option(data):
     assert not any(p.requires_grad for p in teacher.parameters())
 
 
+def test_teacher_item_graph_switch(data):
+    config = tiny_config(epochs=2, teacher_item_graph=True, teacher_knn_k=5)
+    trainer = Trainer(data, config, quiet=True)
+    results = trainer.fit()
+    teacher = trainer.modules['teacher']
+    assert set(teacher.item_graphs) == {'image', 'text'}
+    # Built once from the features: 5 binary neighbours per item.
+    assert teacher.item_graphs['text'].edge_index.size(1) == 120 * 5
+    assert torch.allclose(teacher.item_graphs['text'].edge_weight,
+                          torch.full((120 * 5, ), 0.2))
+    assert all(math.isfinite(v) for v in results['student']['val'].values())
+    assert Trainer(data, tiny_config(epochs=1), quiet=True).config \
+        .teacher_item_graph is False
+
+
 def test_recommend_never_returns_seen_items(data, promptmm_run):
     run_dir, trainer, _ = promptmm_run
     recommender = load_recommender(run_dir)

@@ -111,6 +111,12 @@ class TrainConfig:
             embeddings in the fused teacher embedding. (default: :obj:`0.5`)
         teacher_modality_weight (float): Weight of the per-modality BPR
             terms of the stage-1 teacher loss. (default: :obj:`0.5`)
+        teacher_item_graph (bool): Give the teacher FREEDOM's frozen kNN
+            item-item content graphs (one per modality, see
+            :class:`~pmm_geo.nn.MultimodalTeacher`). Provisional default,
+            pending the validation study of issue 10. (default: :obj:`False`)
+        teacher_knn_k (int): Neighbours per item of those graphs, self
+            included. (default: :obj:`10`)
         lattice_layers (int): LightGCN layers of LATTICE's user-item
             backbone (LATTICE's default). (default: :obj:`2`)
         lattice_knn_k (int): Neighbours per item of LATTICE's kNN item
@@ -178,6 +184,8 @@ class TrainConfig:
     teacher_gamma: float = 0.01
     teacher_lambda: float = 0.5
     teacher_modality_weight: float = 0.5
+    teacher_item_graph: bool = False
+    teacher_knn_k: int = 10
     lattice_layers: int = 2
     lattice_knn_k: int = 10
     lattice_lambda: float = 0.9
@@ -257,7 +265,7 @@ class TrainConfig:
         for key in ('epochs', 'batch_size', 'embedding_dim', 'num_layers',
                     'student_dim', 'student_layers', 'eval_every',
                     'patience', 'num_list_negatives', 'lattice_layers',
-                    'lattice_knn_k', 'lattice_item_layers',
+                    'lattice_knn_k', 'lattice_item_layers', 'teacher_knn_k',
                     'checkpoint_every', 'teacher_refresh'):
             if getattr(self, key) < 1:
                 raise ConfigError(f"'{key}' must be >= 1, got "
@@ -290,6 +298,10 @@ class TrainConfig:
         if self.batching not in BATCHINGS:
             raise ConfigError(f"'batching' must be one of {BATCHINGS}, got "
                               f"'{self.batching}'")
+        if self.teacher_item_graph and self.batching == 'sampled':
+            raise ConfigError("'teacher_item_graph': the item graphs span "
+                              "all items and need batching='full', got "
+                              "batching='sampled'")
         self.fanouts = tuple(int(f) for f in self.fanouts)
         if not self.fanouts or any(f == 0 or f < -1 for f in self.fanouts):
             raise ConfigError(f"'fanouts' must be a non-empty list of "

@@ -6,8 +6,13 @@ from torch import Tensor
 from torch.nn import Embedding, Module, ModuleDict
 
 from pmm_geo.data.adjacency import LAYOUTS, BipartiteAdjacency, as_adjacency
-from pmm_geo.nn.conv import BipartiteConv
+from pmm_geo.nn.conv import (
+    BipartiteConv,
+    FrozenItemGraph,
+    modality_mix_weights,
+)
 from pmm_geo.nn.functional import bpr_scores, lightgcn_propagate
+from pmm_geo.nn.knn import knn_item_graph
 from pmm_geo.nn.losses import BPRLoss
 from pmm_geo.nn.projector import NORM_EPS, PromptedProjector
 from pmm_geo.nn.prompt import PromptLearner
@@ -71,6 +76,27 @@ class MultimodalTeacher(Module):
     with :math:`\hat{\mathbf{A}} = \mathbf{D}_u^{-1/2} \mathbf{R}
     \mathbf{D}_i^{-1/2}` and the soft prompts :math:`\mathbf{P}` of the
     :class:`~pmm_geo.nn.PromptLearner` submodule :obj:`teacher.prompt`.
+
+    With :obj:`item_graph=True` items also see each other through content,
+    as in FREEDOM and LATTICE: per modality a frozen binary kNN graph
+    :math:`\mathbf{S}_m` on the raw features (:math:`k` neighbours, self
+    included, :math:`\mathbf{D}^{-1/2} \mathbf{A} \mathbf{D}^{-1/2}`, built
+    once by :meth:`init_prompt`, see :class:`~pmm_geo.nn.FrozenItemGraph`)
+    adds to the item side of the modality branch and, mixed with the
+    weights :math:`w_m` of :func:`~pmm_geo.nn.conv.modality_mix_weights`,
+    to the item side of the id branch:
+
+    .. math::
+        \mathbf{h}_i^m = \hat{\mathbf{A}}^{\top} \mathbf{h}_u^m +
+        \mathbf{S}_m \mathbf{F}_m, \qquad
+        \bar{\mathbf{e}}_i = \frac{1}{L+1} \sum_{l=0}^{L}
+        \mathbf{E}_i^{(l)} + \sum_m w_m \mathbf{S}_m \mathbf{E}_i
+
+    (the id embeddings :math:`\mathbf{E}_i`, FREEDOM's
+    :math:`\mathbf{S} \mathbf{E}_I`). The prompt still conditions
+    :math:`\mathbf{F}_m`, so it reaches the item-item term of the modality
+    branches. The graphs span all items, so they need full-graph training
+    (:obj:`batching="full"`).
     Unlike the reference code, :obj:`num_layers` layers are really chained
     and the last one is not soft-maxed (plain LightGCN mean).
 
@@ -128,6 +154,10 @@ class MultimodalTeacher(Module):
         layout (str): Adjacency layout used for propagation (see
             :class:`~pmm_geo.data.BipartiteAdjacency`).
             (default: :obj:`"edge_index_fused"`)
+        item_graph (bool): Add the frozen kNN item-item content graphs
+            :math:`\mathbf{S}_m`. (default: :obj:`False`)
+        knn_k (int): Neighbours per item of :math:`\mathbf{S}_m`, self
+            included. (default: :obj:`10`)
 
     Shapes:
         - **input:** the train graph (:math:`U` users, :math:`I` items),
@@ -151,6 +181,8 @@ class MultimodalTeacher(Module):
         lambda_reg: float = 1e-4,
         prompt_dropout: float = 0.,
         layout: str = 'edge_index_fused',
+        item_graph: bool = False,
+        knn_k: int = 10,
     ):
         super().__init__()
         for name, value in (('num_users', num_users),
@@ -180,6 +212,11 @@ class MultimodalTeacher(Module):
         if layout not in LAYOUTS:
             raise ValueError(f"Unknown 'layout' {layout!r} (expected one of "
                              f"{LAYOUTS})")
+        if item_graph and (not isinstance(knn_k, int)
+                           or not 1 <= knn_k <= num_items):
+            raise ValueError(f"'knn_k' must be an integer in [1, "
+                             f"{num_items}] (the number of items), got "
+                             f"{knn_k!r}")
         self.num_users = int(num_users)
         self.num_items = int(num_items)
         self.feature_dims = {m: int(d) for m, d in feature_dims.items()}
@@ -201,6 +238,19 @@ class MultimodalTeacher(Module):
         self.prompt = PromptLearner(self.num_users, self.num_items,
                                     self.embedding_dim, prompt_dropout)
         self.conv = BipartiteConv()
+        self.knn_k = int(knn_k)
+        self.item_graphs: Optional[ModuleDict] = None
+        if item_graph:
+            # Fixed shapes (k entries per item), filled by init_prompt, so
+            # a saved teacher reloads with its graphs.
+            num_edges = self.num_items * self.knn_k
+            self.item_graphs = ModuleDict({
+                m: FrozenItemGraph(
+                    torch.zeros(2, num_edges, dtype=torch.long),
+                    torch.zeros(num_edges), self.num_items, layout=layout)
+                for m in self.feature_dims
+            })
+            self.item_graph_weights = modality_mix_weights(self.modalities)
         self._cache: Optional[_FrozenCache] = None
         self._token_moments: Optional[tuple] = None
         self.reset_parameters()
@@ -249,11 +299,18 @@ class MultimodalTeacher(Module):
 
     @torch.no_grad()
     def init_prompt(self, graph, features: Mapping[str, Tensor]):
-        r"""Computes the prompt's hard tokens (PCA of each modality) once;
-        call it before the first forward pass."""
+        r"""Computes the prompt's hard tokens (PCA of each modality) and,
+        with :obj:`item_graph`, the frozen kNN item graphs once; call it
+        before the first forward pass."""
         adj = self._adjacency(graph)
-        self.prompt.init_tokens(adj, self._check_features(features),
-                                self.layout)
+        features = self._check_features(features)
+        self.prompt.init_tokens(adj, features, self.layout)
+        if self.item_graphs is not None:
+            for m, conv in self.item_graphs.items():
+                edge_index, edge_weight = knn_item_graph(
+                    features[m], self.knn_k, weighted=False)
+                conv.edge_index.copy_(edge_index)
+                conv.edge_weight.copy_(edge_weight)
         self.clear_cache()
         return self
 
@@ -264,10 +321,22 @@ class MultimodalTeacher(Module):
         return lightgcn_propagate(self.conv, adj, x_user, x_item,
                                   self.num_layers, self.layout)
 
-    def _modal_branch(self, adj: BipartiteAdjacency,
-                      projected: Tensor) -> Tuple[Tensor, Tensor]:
+    def _content_items(self) -> Tensor:
+        # sum_m w_m S_m E over all items (prompt-independent: cached in
+        # stage 2).
+        return sum(self.item_graph_weights[m] * conv(
+            self.item_embedding.weight)
+                   for m, conv in self.item_graphs.items())
+
+    def _modal_branch(self, adj: BipartiteAdjacency, projected: Tensor,
+                      modality: str) -> Tuple[Tensor, Tensor]:
         h_user = self.conv(projected, *adj.item_to_user(self.layout))
         h_item = self.conv(h_user, *adj.user_to_item(self.layout))
+        if self.item_graphs is not None:
+            if adj is not adj.root:  # Neighbours outside the subgraph.
+                raise ValueError("the teacher's item graphs need the full "
+                                 "graph; train with batching='full'")
+            h_item = h_item + self.item_graphs[modality](projected)
         return h_user, h_item
 
     def forward(self, graph, features: Mapping[str, Tensor]
@@ -293,7 +362,8 @@ class MultimodalTeacher(Module):
             projected = self.projectors[m](
                 adj.select_items(x) if projected is None else None,
                 item_prompt, projected, moments[m])
-            modal_user[m], modal_item[m] = self._modal_branch(adj, projected)
+            modal_user[m], modal_item[m] = self._modal_branch(adj, projected,
+                                                              m)
 
         if self.gamma != 0.:
             prompt_user = self.gamma * _rownorm(user_prompt)
@@ -304,10 +374,12 @@ class MultimodalTeacher(Module):
             if self.gamma != 0.:
                 x_user, x_item = x_user + prompt_user, x_item + prompt_item
             user, item = self._propagate_mean(adj, x_user, x_item)
+            if self.item_graphs is not None:
+                item = item + adj.select_items(self._content_items())
         else:
             # Propagation is linear: mean_l A^l (E + gamma P) =
-            # mean_l A^l E (cached, over the full graph) + mean_l A^l
-            # (gamma P).
+            # mean_l A^l E (cached, over the full graph, with the item
+            # graphs' term) + mean_l A^l (gamma P).
             user = adj.select_users(cache.id_user)
             item = adj.select_items(cache.id_item)
             if self.gamma != 0.:
@@ -428,6 +500,8 @@ class MultimodalTeacher(Module):
                      for m, x in features.items()}
         id_user, id_item = self._propagate_mean(
             adj, self.user_embedding.weight, self.item_embedding.weight)
+        if self.item_graphs is not None:
+            id_item = id_item + self._content_items()
         self._cache = _FrozenCache(adj, _feature_keys(features), projected,
                                    id_user, id_item, self._versions())
         return self
@@ -476,12 +550,15 @@ class MultimodalTeacher(Module):
         projector = next(iter(self.projectors.values()))
         return init_args(self, dropout=projector.dropout.p,
                          beta=projector.beta,
-                         prompt_dropout=self.prompt.dropout.p)
+                         prompt_dropout=self.prompt.dropout.p,
+                         item_graph=self.item_graphs is not None)
 
     def __repr__(self) -> str:
+        graph = (f', item_graph=True, knn_k={self.knn_k}'
+                 if self.item_graphs is not None else '')
         return (f'{self.__class__.__name__}({self.num_users}, '
                 f'{self.num_items}, {self.feature_dims}, '
-                f'{self.embedding_dim}, num_layers={self.num_layers})')
+                f'{self.embedding_dim}, num_layers={self.num_layers}{graph})')
 
 
 def _feature_keys(features: Mapping[str, Tensor]):

@@ -26,7 +26,8 @@ def build_teacher(config: TrainConfig, ctx: StageContext
         dropout=config.teacher_dropout, beta=config.teacher_beta,
         gamma=config.teacher_gamma, fusion_weight=config.teacher_lambda,
         modality_weight=config.teacher_modality_weight,
-        lambda_reg=config.reg_weight, layout=config.layout)
+        lambda_reg=config.reg_weight, layout=config.layout,
+        item_graph=config.teacher_item_graph, knn_k=config.teacher_knn_k)
     teacher.to(ctx.graph.device)
     return teacher.init_prompt(ctx.graph, ctx.features)
 
