@@ -164,7 +164,7 @@ def adjacency_view(src: Tensor, dst: Tensor, weight: Tensor,
     r"""Builds the :class:`AdjacencyView` of the weighted edges
     :obj:`src -> dst` between :obj:`size = (num_src, num_dst)` nodes in one
     of :obj:`LAYOUTS` (shared by :class:`BipartiteAdjacency` and the frozen
-    item-item graphs of :class:`pmm_geo.nn.ItemKNNConv`)."""
+    item-item graphs of :class:`pmm_geo.nn.FrozenItemGraph`)."""
     if layout not in LAYOUTS:
         raise ValueError(f"Unknown adjacency layout '{layout}' "
                          f"(expected one of {LAYOUTS})")
