@@ -8,6 +8,7 @@ from pmm_geo import evaluate
 from pmm_geo.data import EDGE_TYPE
 from pmm_geo.data.synthetic import synthetic
 from pmm_geo.train import (
+    ConfigError,
     SELECT_METRIC,
     CheckpointError,
     ConfigError,
@@ -160,6 +161,8 @@ def test_teacher_item_graph_switch(data):
     assert all(math.isfinite(v) for v in results['student']['val'].values())
     assert Trainer(data, tiny_config(epochs=1), quiet=True).config \
         .teacher_item_graph is False
+    with pytest.raises(ConfigError, match="'teacher_item_graph'.*batching"):
+        tiny_config(teacher_item_graph=True, batching='sampled')
 
 
 def test_recommend_never_returns_seen_items(data, promptmm_run):
