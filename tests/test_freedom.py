@@ -167,6 +167,11 @@ def test_repr_and_bad_arguments():
             FREEDOM(10, 20, features, **kwargs)
     with pytest.raises(ValueError, match="non-empty dict"):
         FREEDOM(10, 20, {})
+    # Rebuilt from the widths, a saved model loads its graph back.
+    clone = FREEDOM(10, 20, {'image': 4, 'text': 3}, embedding_dim=8)
+    clone.load_state_dict(model.state_dict())
+    graph = random_graph(10, 20, 50)
+    assert torch.equal(clone(graph)[1], model(graph)[1])
     with pytest.raises(ValueError, match="features\\['text'\\] must have "
                        "shape \\[num_items=20"):
         FREEDOM(10, 20, {'image': features['image'],

@@ -73,8 +73,8 @@ def test_freedom_graph_and_propagation_match_dense(layout, num_layers):
     dense = (0.1 * dense_knn_graph(features['image'], 10, False) +
              0.9 * dense_knn_graph(features['text'], 10, False))
     assert torch.allclose(conv.to_dense(), dense, atol=1e-12)
-    # Coalesced: one entry per (item, neighbour) pair.
-    assert conv.edge_index.size(1) == int((dense != 0).sum())
+    # k entries per item and modality (pairs in both graphs stay twice).
+    assert conv.edge_index.size(1) == 2 * 61 * 10
 
     x = torch.randn(61, 5, dtype=torch.float64, requires_grad=True)
     out = conv(x)
@@ -158,6 +158,10 @@ def test_mix_item_graphs_sums_shared_edges():
     a = (torch.tensor([[0, 1], [1, 0]]), torch.tensor([1., 1.]))
     b = (torch.tensor([[0, 0], [1, 0]]), torch.tensor([0.5, 0.5]))
     edge_index, edge_weight = mix_item_graphs({'a': a, 'b': b},
-                                              {'a': 0.25, 'b': 1.}, 2)
-    assert edge_index.tolist() == [[0, 0, 1], [0, 1, 0]]
-    assert edge_weight.tolist() == [0.5, 0.75, 0.25]
+                                              {'a': 0.25, 'b': 1.})
+    assert edge_index.tolist() == [[0, 1, 0, 0], [1, 0, 1, 0]]
+    assert edge_weight.tolist() == [0.25, 0.25, 0.5, 0.5]
+    conv = FrozenItemGraph(edge_index, edge_weight, 2)
+    assert conv.to_dense().tolist() == [[0.5, 0.75], [0.25, 0.]]
+    x = torch.tensor([[1.], [2.]])
+    assert conv(x).tolist() == [[2.], [0.25]]

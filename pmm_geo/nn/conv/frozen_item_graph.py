@@ -2,7 +2,6 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch_geometric.utils import coalesce
 
 from pmm_geo.data.adjacency import LAYOUTS, AdjacencyView, adjacency_view
 from pmm_geo.nn.knn import DEFAULT_BLOCK_SIZE, knn_item_graph
@@ -45,17 +44,20 @@ def modality_mix_weights(modalities: Sequence[str],
 
 
 def mix_item_graphs(graphs: Mapping[str, ItemGraph],
-                    weights: Mapping[str, float],
-                    num_items: int) -> ItemGraph:
-    r"""Returns :math:`\sum_m w_m \mathbf{S}_m` (coalesced, sorted by row)
-    for sparse graphs :math:`\mathbf{S}_m` given as :obj:`(edge_index,
-    edge_weight)`."""
+                    weights: Mapping[str, float]) -> ItemGraph:
+    r"""Returns :math:`\sum_m w_m \mathbf{S}_m` for sparse graphs
+    :math:`\mathbf{S}_m` given as :obj:`(edge_index, edge_weight)`, as the
+    concatenation of the weighted edge lists: a pair :math:`(i, j)` in
+    several graphs stays several entries, which propagation sums like the
+    coalesced sum. The size is the sum of the sizes (:math:`M I k` for
+    :math:`M` kNN graphs), so a saved graph reloads into a model built from
+    the feature widths alone."""
     if set(graphs) != set(weights):
         raise ValueError(f"'weights' must name exactly the graphs "
                          f"{list(graphs)}, got {list(weights)}")
     edge_index = torch.cat([graphs[m][0] for m in graphs], dim=1)
     edge_weight = torch.cat([weights[m] * graphs[m][1] for m in graphs])
-    return coalesce(edge_index, edge_weight, num_items, reduce='sum')
+    return edge_index, edge_weight
 
 
 class FrozenItemGraph(torch.nn.Module):
@@ -83,7 +85,7 @@ class FrozenItemGraph(torch.nn.Module):
     by default. Each layer is a :class:`~pmm_geo.nn.BipartiteConv`
     message-passing step on the :math:`I \times I` graph, so every
     adjacency layout of the user-item graph applies; the graph holds at
-    most :math:`M I k` edges and is never dense. It has no parameters: the
+    :math:`M I k` entries and is never dense. It has no parameters: the
     graph is a (saved) buffer, and gradients flow to :math:`\mathbf{x}`
     only.
 
@@ -162,8 +164,7 @@ class FrozenItemGraph(torch.nn.Module):
         graphs, num_items = knn_item_graphs(features, k, weighted, block_size)
         if modality_weights is None:
             modality_weights = modality_mix_weights(list(graphs))
-        edge_index, edge_weight = mix_item_graphs(graphs, modality_weights,
-                                                  num_items)
+        edge_index, edge_weight = mix_item_graphs(graphs, modality_weights)
         return cls(edge_index, edge_weight, num_items, num_layers, layout)
 
     def reset_parameters(self):

@@ -5,7 +5,7 @@ from torch import Tensor
 from torch.nn import Linear, ModuleDict
 
 from pmm_geo.data.adjacency import LAYOUTS, BipartiteAdjacency, as_adjacency
-from pmm_geo.nn.conv import FrozenItemGraph
+from pmm_geo.nn.conv import FrozenItemGraph, modality_mix_weights
 from pmm_geo.nn.knn import DEFAULT_BLOCK_SIZE
 from pmm_geo.nn.losses import BPRLoss
 
@@ -108,7 +108,9 @@ class FREEDOM(torch.nn.Module):
         num_items (int): Number of items :math:`I`.
         features (Dict[str, torch.Tensor]): Raw item features per modality,
             each :math:`(I, d_m)`: used here to build the frozen graph and
-            size the projections, and passed again to :meth:`loss`.
+            size the projections, and passed again to :meth:`loss`. To
+            rebuild a saved model, the widths :math:`d_m` (ints) do: the
+            graph is then left empty for :meth:`load_state_dict`.
         embedding_dim (int, optional): Width of the embeddings and of the
             feature projections. (default: :obj:`64`)
         num_layers (int, optional): User-item LightGCN layers :math:`L`.
@@ -174,11 +176,14 @@ class FREEDOM(torch.nn.Module):
             raise ValueError("'features' must be a non-empty dict "
                              "{modality: [num_items, dim] tensor}")
         for m, x in features.items():
+            if isinstance(x, int) and not isinstance(x, bool) and x > 0:
+                continue  # A width: to load a saved graph.
             if not isinstance(x, Tensor) or x.dim() != 2 or \
                     x.size(0) != num_items:
-                shape = list(x.shape) if isinstance(x, Tensor) else type(x)
+                shape = list(x.shape) if isinstance(x, Tensor) else x
                 raise ValueError(f"features['{m}'] must have shape "
-                                 f"[num_items={num_items}, dim], got {shape}")
+                                 f"[num_items={num_items}, dim] (or be a "
+                                 f"width), got {shape}")
         if knn_k > num_items:
             raise ValueError(f"'knn_k' ({knn_k}) must not exceed "
                              f"'num_items' ({num_items})")
@@ -192,15 +197,27 @@ class FREEDOM(torch.nn.Module):
         self.feature_weight = float(feature_weight)
         self.layout = layout
         self.modalities: List[str] = list(features)
-        self.feature_dims = {m: x.size(1) for m, x in features.items()}
+        self.feature_dims = {m: x if isinstance(x, int) else x.size(1)
+                             for m, x in features.items()}
+        if modality_weights is None:
+            modality_weights = modality_mix_weights(self.modalities)
+        self.modality_weights = dict(modality_weights)
+        self.item_graph_layers = item_graph_layers
+        self.knn_block_size = knn_block_size
 
         # The LightGCN backbone: id embeddings and user-item propagation.
         self.backbone = LightGCNStudent(num_users, num_items, embedding_dim,
                                         num_layers, layout=layout)
-        self.item_graph = FrozenItemGraph.from_features(
-            features, knn_k, modality_weights, weighted=False,
-            num_layers=item_graph_layers, block_size=knn_block_size,
-            layout=layout).to(self.item_embedding.weight.dtype)
+        if all(isinstance(x, Tensor) for x in features.values()):
+            self.item_graph = FrozenItemGraph.from_features(
+                features, knn_k, self.modality_weights, weighted=False,
+                num_layers=item_graph_layers, block_size=knn_block_size,
+                layout=layout).to(self.item_embedding.weight.dtype)
+        else:  # k entries per item and modality, filled by a state dict.
+            size = len(features) * num_items * knn_k
+            self.item_graph = FrozenItemGraph(
+                torch.zeros(2, size, dtype=torch.long), torch.zeros(size),
+                num_items, item_graph_layers, layout)
         self.projections = ModuleDict({
             m: Linear(dim, embedding_dim)
             for m, dim in self.feature_dims.items()
