@@ -3,7 +3,7 @@ from .conv import BipartiteConv, FrozenItemGraph
 from .prompt import PromptLearner
 from .projector import PromptedProjector
 from .models import LightGCNStudent, MultimodalTeacher
-from .models import FREEDOM, LATTICE
+from .models import FREEDOM, LATTICE, LATTICETeacher
 from .losses import (BPRLoss, EmbeddingKDLoss, ListwiseKDLoss,
                      PairwiseKDLoss)
 from .objective import ObjectiveOutput, PromptMMObjective
@@ -17,6 +17,7 @@ __all__ = [
     'PromptLearner',
     'PromptedProjector',
     'MultimodalTeacher',
+    'LATTICETeacher',
     'BPRLoss',
     'PairwiseKDLoss',
     'ListwiseKDLoss',

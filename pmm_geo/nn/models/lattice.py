@@ -317,23 +317,35 @@ class LATTICE(torch.nn.Module):
         return getattr(self, f'frozen_index_{j}'), getattr(
             self, f'frozen_weight_{j}')
 
-    def item_graph(self, features: Dict[str, Tensor]) -> ItemGraph:
+    def project(self, features: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        r"""The projections :math:`\mathbf{W}_m \mathbf{x}^m_i +
+        \mathbf{b}_m` the learned graph is built on, zero for the items whose
+        feature row of :math:`m` is all zero (no such modality)."""
+        out = {}
+        for m in self.modalities:
+            x, projection = features[m], self.projections[m]
+            z = projection(x.to(projection.weight.dtype))
+            out[m] = z * (x != 0).any(dim=1, keepdim=True).to(z.dtype)
+        return out
+
+    def item_graph(self, features: Dict[str, Tensor],
+                   projections: Optional[Dict[str, Tensor]] = None
+                   ) -> ItemGraph:
         r"""Builds the mixed item-item graph :math:`\mathbf{S}` (coalesced,
         sorted by row) as :obj:`(edge_index, edge_weight)`; the weights are
         differentiable with respect to the projections and the modality
-        weights."""
+        weights. :obj:`projections` replaces :meth:`project` (a subclass
+        that projects otherwise, e.g. with a prompt)."""
         self._check_features(features)
+        if projections is None:
+            projections = self.project(features)
         weights = F.softmax(self.modality_weight, dim=0)
         row = self._knn_rows()
 
         # Learned graph: kNN on the projections, mixed, then normalized.
         learned_col, learned_value = [], []
         for j, m in enumerate(self.modalities):
-            x = features[m]
-            projection = self.projections[m]
-            z = projection(x.to(projection.weight.dtype))
-            has_modality = (x != 0).any(dim=1, keepdim=True)
-            z = z * has_modality.to(z.dtype)
+            z = projections[m]
             _, col = cosine_knn(z, self.knn_k, self.knn_block_size)
             learned_col.append(col.view(-1))
             learned_value.append(weights[j] * edge_cosine(z, col).view(-1))

@@ -11,23 +11,14 @@ from pmm_geo.nn.conv import (
     FrozenItemGraph,
     modality_mix_weights,
 )
-from pmm_geo.nn.functional import bpr_scores, lightgcn_propagate
+from pmm_geo.nn.functional import lightgcn_propagate
 from pmm_geo.nn.knn import knn_item_graph
-from pmm_geo.nn.losses import BPRLoss
 from pmm_geo.nn.projector import NORM_EPS, PromptedProjector
 from pmm_geo.nn.prompt import PromptLearner
 from pmm_geo.nn._checks import check_positive
 from pmm_geo.nn.models._args import init_args
 
-
-class TeacherOutput(NamedTuple):
-    r"""The output of :class:`MultimodalTeacher`: fused embeddings
-    :obj:`user [U, d]`, :obj:`item [I, d]` and the per-modality branch
-    embeddings :obj:`modal_user[m] [U, d]`, :obj:`modal_item[m] [I, d]`."""
-    user: Tensor
-    item: Tensor
-    modal_user: Dict[str, Tensor]
-    modal_item: Dict[str, Tensor]
+from .teacher_api import TeacherMixin, TeacherOutput, feature_keys
 
 
 class _FrozenCache(NamedTuple):
@@ -43,7 +34,7 @@ def _rownorm(x: Tensor) -> Tensor:
     return F.normalize(x, dim=-1, eps=NORM_EPS)
 
 
-class MultimodalTeacher(Module):
+class MultimodalTeacher(TeacherMixin, Module):
     r"""The multimodal teacher of `"PromptMM: Multi-Modal Knowledge
     Distillation for Recommendation with Prompt-Tuning"
     <https://arxiv.org/abs/2402.17188>`_ (WWW 2024), for any number of item
@@ -259,6 +250,12 @@ class MultimodalTeacher(Module):
     def modalities(self) -> List[str]:
         return list(self.feature_dims)
 
+    @property
+    def modality_loss_weight(self) -> float:
+        r"""The weight of the branches' BPR in :meth:`loss`
+        (:obj:`modality_weight`)."""
+        return self.modality_weight
+
     def reset_parameters(self):
         r"""Resets all learnable parameters (the prompt's hard tokens are
         data and are kept)."""
@@ -402,7 +399,7 @@ class MultimodalTeacher(Module):
                                  'active dropout (prompt_dropout=0 or eval '
                                  'mode)')
             return {m: None for m in features}  # Explicit P^T X per call.
-        keys = (_feature_keys(features), self.prompt.item_tokens._version,
+        keys = (feature_keys(features), self.prompt.item_tokens._version,
                 self.prompt.item_tokens.data_ptr())
         if self._token_moments is None or self._token_moments[0] != keys:
             self._token_moments = (keys, {
@@ -418,63 +415,7 @@ class MultimodalTeacher(Module):
         return out.user, out.item
 
     # ------------------------------------------------------------------
-    # Loss
-    def loss(self, out: TeacherOutput, users: Tensor, pos: Tensor,
-             neg: Tensor, lambda_reg: Optional[float] = None,
-             graph=None) -> Tensor:
-        r"""The stage-1 loss: BPR on the fused embeddings, plus
-        :obj:`modality_weight` times the BPR of each modality branch, plus
-        :math:`L_2` regularization of the batch's layer-0 id embeddings.
-
-        Args:
-            out (TeacherOutput): The output of :meth:`forward`.
-            users (torch.Tensor): User ids :obj:`[B]`.
-            pos (torch.Tensor): Positive item ids :obj:`[B]`.
-            neg (torch.Tensor): Negative item ids :obj:`[B]` or
-                :obj:`[B, n]`.
-            lambda_reg (float, optional): Overrides :obj:`self.lambda_reg`.
-            graph (SampledAdjacency, optional): The subgraph :obj:`out` was
-                computed on; the ids are then its local ids.
-                (default: :obj:`None`, the full graph)
-        """
-        if users.dim() != 1 or pos.shape != users.shape or neg.dim() not in (
-                1, 2) or neg.size(0) != users.size(0):
-            raise ValueError(f"Expected 'users' [B], 'pos' [B] and 'neg' [B] "
-                             f"or [B, n]; got {list(users.shape)}, "
-                             f"{list(pos.shape)} and {list(neg.shape)}")
-        lambda_reg = self.lambda_reg if lambda_reg is None else lambda_reg
-        # The rows of this graph's tables (a subgraph's: sparse gradient).
-        adj = self._adjacency(graph) if graph is not None else None
-        user_table, item_table = ((self.user_embedding.weight,
-                                   self.item_embedding.weight) if adj is None
-                                  else (adj.select_users(
-                                      self.user_embedding.weight),
-                                        adj.select_items(
-                                      self.item_embedding.weight)))
-        params = [F.embedding(users, user_table),
-                  F.embedding(pos, item_table), F.embedding(neg, item_table)]
-        loss = BPRLoss(lambda_reg)(*bpr_scores(out.user, out.item, users,
-                                               pos, neg), params)
-        if self.modality_weight != 0.:
-            bpr = BPRLoss()
-            for m in out.modal_user:
-                loss = loss + self.modality_weight * bpr(*bpr_scores(
-                    out.modal_user[m], out.modal_item[m], users, pos, neg))
-        return loss
-
-    # ------------------------------------------------------------------
-    # Stage 2
-    def freeze(self, train_prompt: bool = True):
-        r"""Stage 2: puts the teacher in eval mode (no dropout on the
-        distillation targets) and stops gradients to every teacher weight.
-        With :obj:`train_prompt=True` the parameters of :obj:`teacher.prompt`
-        stay trainable (the paper's prompt tuning from the student's loss);
-        with :obj:`False` they are frozen too."""
-        self.eval()
-        for name, param in self.named_parameters():
-            param.requires_grad_(train_prompt and name.startswith('prompt.'))
-        return self
-
+    # Stage 2 (loss() and freeze() come from TeacherMixin)
     @torch.no_grad()
     def cache_frozen(self, graph, features: Mapping[str, Tensor]):
         r"""Computes once what does not depend on the prompt, for a frozen
@@ -485,15 +426,7 @@ class MultimodalTeacher(Module):
         with one pass over each :math:`\mathbf{X}_m` instead of two. The cache is refused in train mode
         and invalidated (an error) if any non-prompt weight changes; drop it
         with :meth:`clear_cache`."""
-        if self.training:
-            raise RuntimeError("cache_frozen() needs eval mode (call "
-                               "teacher.freeze() or teacher.eval() first)")
-        trainable = [n for n, p in self._backbone_parameters()
-                     if p.requires_grad]
-        if trainable:
-            raise RuntimeError(f"cache_frozen() needs frozen teacher "
-                               f"weights, but {trainable} require grad (call "
-                               f"teacher.freeze() first)")
+        self._check_freezable()
         adj = self._adjacency(graph).root
         features = self._check_features(features)
         projected = {m: self.projectors[m].lin(x)
@@ -502,7 +435,7 @@ class MultimodalTeacher(Module):
             adj, self.user_embedding.weight, self.item_embedding.weight)
         if self.item_graphs is not None:
             id_item = id_item + self._content_items()
-        self._cache = _FrozenCache(adj, _feature_keys(features), projected,
+        self._cache = _FrozenCache(adj, feature_keys(features), projected,
                                    id_user, id_item, self._versions())
         return self
 
@@ -512,31 +445,17 @@ class MultimodalTeacher(Module):
         self._cache = None
         self._token_moments = None
 
-    def _backbone_parameters(self):
-        return [(n, p) for n, p in self.named_parameters()
-                if not n.startswith('prompt.')]
-
-    def _versions(self) -> Tuple[int, ...]:
-        return tuple(p._version for _, p in self._backbone_parameters())
-
     def _valid_cache(self, adj: BipartiteAdjacency,
                      features: Dict[str, Tensor]) -> Optional[_FrozenCache]:
         cache = self._cache
         if cache is None:
             return None
-        if self.training:
-            raise RuntimeError("The teacher holds a frozen cache but is in "
-                               "train mode: call clear_cache() before "
-                               "training it again")
-        if adj.root is not cache.adj or _feature_keys(features) != \
+        self._check_cache(cache.versions)
+        if adj.root is not cache.adj or feature_keys(features) != \
                 cache.feature_keys:
             raise RuntimeError("The frozen cache was computed for another "
                                "graph or other features: call "
                                "cache_frozen() again or clear_cache()")
-        if self._versions() != cache.versions:
-            raise RuntimeError("Teacher weights changed since "
-                               "cache_frozen(): call it again or "
-                               "clear_cache()")
         return cache
 
     def _apply(self, fn, *args, **kwargs):
@@ -559,9 +478,4 @@ class MultimodalTeacher(Module):
         return (f'{self.__class__.__name__}({self.num_users}, '
                 f'{self.num_items}, {self.feature_dims}, '
                 f'{self.embedding_dim}, num_layers={self.num_layers}{graph})')
-
-
-def _feature_keys(features: Mapping[str, Tensor]):
-    return {m: (x.data_ptr(), tuple(x.shape), x.device)
-            for m, x in features.items()}
 
