@@ -6,6 +6,7 @@ from torch.nn import Linear, ModuleDict
 
 from pmm_geo.data.adjacency import LAYOUTS, BipartiteAdjacency, as_adjacency
 from pmm_geo.nn.conv import FrozenItemGraph, modality_mix_weights
+from pmm_geo.nn._checks import check_int
 from pmm_geo.nn.knn import DEFAULT_BLOCK_SIZE
 from pmm_geo.nn.losses import BPRLoss
 
@@ -160,9 +161,7 @@ class FREEDOM(torch.nn.Module):
                                  ('knn_k', knn_k, 1),
                                  ('item_graph_layers', item_graph_layers, 1),
                                  ('knn_block_size', knn_block_size, 1)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"'{name}' must be an integer >= {low}, "
-                                 f"got {value!r}")
+            check_int(name, value, low)
         if not 0. <= prune_ratio < 1.:
             raise ValueError(f"'prune_ratio' must be in [0, 1), got "
                              f"{prune_ratio!r}")

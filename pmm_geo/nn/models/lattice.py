@@ -13,6 +13,7 @@ from pmm_geo.nn._sparse import sparse_mm
 from pmm_geo.nn.conv import BipartiteConv
 from pmm_geo.nn.functional import lightgcn_propagate
 from pmm_geo.nn.models._args import init_args
+from pmm_geo.nn._checks import check_int
 from pmm_geo.nn.knn import (
     DEFAULT_BLOCK_SIZE,
     cosine_knn,
@@ -193,9 +194,7 @@ class LATTICE(torch.nn.Module):
                                  ('knn_k', knn_k, 1),
                                  ('item_graph_layers', item_graph_layers, 0),
                                  ('knn_block_size', knn_block_size, 1)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"'{name}' must be an integer >= {low}, "
-                                 f"got {value!r}")
+            check_int(name, value, low)
         if knn_k > num_items:
             raise ValueError(f"'knn_k' ({knn_k}) must not exceed "
                              f"'num_items' ({num_items})")
