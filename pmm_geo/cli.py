@@ -2,7 +2,8 @@ r"""The :obj:`pmm-geo` command line (also :obj:`python -m pmm_geo`).
 
 .. code-block:: bash
 
-    pmm-geo train DATA_DIR --out RUN_DIR [--model promptmm|lightgcn|lattice]
+    pmm-geo train DATA_DIR --out RUN_DIR
+        [--model promptmm|lightgcn|lattice|freedom] [--teacher promptmm|lattice]
         [--seed N] [--epochs N] [--config FILE] [--resume] [--quiet]
         [--threads N]
     pmm-geo evaluate RUN_DIR [--json]
@@ -51,6 +52,7 @@ def _int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from pmm_geo.train import MODELS
+    from pmm_geo.train.config import TEACHERS
     models = ', '.join(f'{name} ({spec.description})'
                        for name, spec in MODELS.items())
 
@@ -73,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help='run directory (created)')
     train.add_argument('--model', choices=tuple(MODELS), default=None,
                        help=models)
+    train.add_argument('--teacher', choices=TEACHERS, default=None,
+                       help='the stage-1 teacher of promptmm: promptmm '
+                       '(MultimodalTeacher, default) or lattice (LATTICE '
+                       'with the prompt on its projectors)')
     train.add_argument('--seed', type=_int, default=None, metavar='N')
     train.add_argument('--epochs', type=_positive_int, default=None,
                        metavar='N', help='maximum epochs per stage')
@@ -117,8 +123,8 @@ def _train(args) -> int:
 
     if not os.path.isdir(args.data_dir):
         raise CommandError(f'DATA_DIR not found: {args.data_dir}')
-    overrides = {key: getattr(args, key) for key in ('model', 'seed',
-                                                     'epochs')
+    overrides = {key: getattr(args, key) for key in ('model', 'teacher',
+                                                     'seed', 'epochs')
                  if getattr(args, key) is not None}
     if args.resume:
         run = RunDir(args.out)

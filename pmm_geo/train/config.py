@@ -6,6 +6,8 @@ from dataclasses import dataclass, fields
 from typing import Any, Dict, Mapping, Tuple
 
 STUDENT_INITS = ('fresh', 'teacher')
+#: The stage-1 teachers of :obj:`promptmm` (:obj:`TrainConfig.teacher`).
+TEACHERS = ('promptmm', 'lattice')
 BATCHINGS = ('full', 'sampled', 'auto')
 #: :obj:`batching="auto"` samples from this many train interactions on.
 AUTO_SAMPLED_EDGES = 200_000
@@ -33,22 +35,23 @@ class TrainConfig:
 
     Args:
         model (str): A model of :mod:`pmm_geo.train.registry`:
-            :obj:`"promptmm"`, :obj:`"lightgcn"` or :obj:`"lattice"`.
-            (default: :obj:`"promptmm"`)
+            :obj:`"promptmm"`, :obj:`"lightgcn"`, :obj:`"lattice"` or
+            :obj:`"freedom"`. (default: :obj:`"promptmm"`)
         seed (int): Seed of model initialization, dropout and sampling.
             (default: :obj:`0`)
         epochs (int): Maximum number of epochs per stage; one epoch covers
             every train interaction once. (default: :obj:`500`)
         batch_size (int): Train interactions per step. (default: :obj:`2048`)
-        lr (float): Adam learning rate of the teacher (stage 1) and of
-            LATTICE. (default: :obj:`1e-3`)
+        lr (float): Adam learning rate of the teacher (stage 1), of
+            LATTICE and of FREEDOM. (default: :obj:`1e-3`)
         weight_decay (float): Adam weight decay (all stages).
             (default: :obj:`0.0`)
         reg_weight (float): L2 penalty on the batch's input (layer-0)
             embeddings, :math:`\lambda \|\mathbf{E}_{batch}\|^2 / B`, added
-            to every BPR loss. (default: :obj:`1e-4`)
-        embedding_dim (int): Width :math:`d` of the teacher and of
-            LATTICE. (default: :obj:`64`)
+            to every BPR loss but FREEDOM's (which has none, as MMRec).
+            (default: :obj:`1e-4`)
+        embedding_dim (int): Width :math:`d` of the teacher, of LATTICE
+            and of FREEDOM. (default: :obj:`64`)
         num_layers (int): Propagation layers of the teacher.
             (default: :obj:`3`)
         student_dim (int): Width :math:`d_s` of the distilled student (may
@@ -111,6 +114,13 @@ class TrainConfig:
             embeddings in the fused teacher embedding. (default: :obj:`0.5`)
         teacher_modality_weight (float): Weight of the per-modality BPR
             terms of the stage-1 teacher loss. (default: :obj:`0.5`)
+        teacher (str): The stage-1 teacher of :obj:`"promptmm"`:
+            :obj:`"promptmm"` (:class:`~pmm_geo.nn.MultimodalTeacher`) or
+            :obj:`"lattice"` (:class:`~pmm_geo.nn.LATTICETeacher`: LATTICE
+            with the prompt on its projectors, sized by the
+            :obj:`lattice_*` keys, with :obj:`teacher_beta` and
+            :obj:`teacher_modality_weight`; full-graph training only).
+            (default: :obj:`"promptmm"`)
         teacher_item_graph (bool): Give the teacher FREEDOM's frozen kNN
             item-item content graphs (one per modality, see
             :class:`~pmm_geo.nn.MultimodalTeacher`). Provisional default,
@@ -125,6 +135,20 @@ class TrainConfig:
             graph against the learned one. (default: :obj:`0.9`)
         lattice_item_layers (int): LATTICE's item-item graph convolutions.
             (default: :obj:`1`)
+        freedom_layers (int): LightGCN layers of FREEDOM (MMRec's
+            :obj:`n_ui_layers`). (default: :obj:`2`)
+        freedom_knn_k (int): Neighbours per item of FREEDOM's frozen kNN
+            graph. (default: :obj:`10`)
+        freedom_image_weight (float): Weight of the image graph when the
+            modalities are exactly image and text (MMRec's
+            :obj:`mm_image_weight`); any other set of modalities is mixed
+            with equal weights. (default: :obj:`0.1`)
+        freedom_prune_ratio (float): Fraction of the user-item edges FREEDOM
+            drops each epoch (MMRec's :obj:`dropout`, grid 0.8 / 0.9).
+            Provisional, pending a validation study. (default: :obj:`0.8`)
+        freedom_feature_weight (float): Weight of FREEDOM's feature BPR terms
+            (MMRec's :obj:`reg_weight`, grid 0 / 1e-5 / 1e-4 / 1e-3).
+            Provisional, pending a validation study. (default: :obj:`1e-4`)
         checkpoint_every (int): Write the resumable checkpoint every this
             many epochs (and always at the end of a stage).
             (default: :obj:`1`)
@@ -184,12 +208,18 @@ class TrainConfig:
     teacher_gamma: float = 0.01
     teacher_lambda: float = 0.5
     teacher_modality_weight: float = 0.5
+    teacher: str = 'promptmm'
     teacher_item_graph: bool = False
     teacher_knn_k: int = 10
     lattice_layers: int = 2
     lattice_knn_k: int = 10
     lattice_lambda: float = 0.9
     lattice_item_layers: int = 1
+    freedom_layers: int = 2
+    freedom_knn_k: int = 10
+    freedom_image_weight: float = 0.1
+    freedom_prune_ratio: float = 0.8
+    freedom_feature_weight: float = 1e-4
     checkpoint_every: int = 1
     batching: str = 'auto'
     fanouts: Tuple[int, ...] = (10, 5)
@@ -257,6 +287,17 @@ class TrainConfig:
 
     # Checks -----------------------------------------------------------------
 
+    def full_graph_only(self) -> str:
+        r"""What makes this run need full-graph batching (item-item graphs
+        over all items), as :obj:`"'key': value"`, or :obj:`""`."""
+        if self.model == 'freedom':
+            return "'model': 'freedom'"
+        if self.model == 'promptmm' and self.teacher == 'lattice':
+            return "'teacher': 'lattice'"
+        if self.model == 'promptmm' and self.teacher_item_graph:
+            return "'teacher_item_graph': true"
+        return ''
+
     def validate(self) -> None:
         from .registry import model_names  # The registry imports us.
         if self.model not in model_names():
@@ -266,7 +307,7 @@ class TrainConfig:
                     'student_dim', 'student_layers', 'eval_every',
                     'patience', 'num_list_negatives', 'lattice_layers',
                     'lattice_knn_k', 'lattice_item_layers', 'teacher_knn_k',
-                    'checkpoint_every', 'teacher_refresh'):
+                    'freedom_knn_k', 'checkpoint_every', 'teacher_refresh'):
             if getattr(self, key) < 1:
                 raise ConfigError(f"'{key}' must be >= 1, got "
                                   f'{getattr(self, key)}')
@@ -277,13 +318,23 @@ class TrainConfig:
         for key in ('weight_decay', 'reg_weight', 'kd_pair_weight',
                     'kd_list_weight', 'kd_emb_weight', 'list_alpha',
                     'list_beta', 'teacher_beta', 'teacher_gamma',
-                    'teacher_lambda', 'teacher_modality_weight'):
+                    'teacher_lambda', 'teacher_modality_weight',
+                    'freedom_layers', 'freedom_feature_weight'):
             if getattr(self, key) < 0:
                 raise ConfigError(f"'{key}' must be >= 0, got "
                                   f'{getattr(self, key)}')
         if not 0 <= self.teacher_dropout < 1:
             raise ConfigError(f"'teacher_dropout' must be in [0, 1), got "
                               f'{self.teacher_dropout}')
+        if self.teacher not in TEACHERS:
+            raise ConfigError(f"'teacher' must be one of {TEACHERS}, got "
+                              f"'{self.teacher}'")
+        if not 0 <= self.freedom_image_weight <= 1:
+            raise ConfigError(f"'freedom_image_weight' must be in [0, 1], "
+                              f'got {self.freedom_image_weight}')
+        if not 0 <= self.freedom_prune_ratio < 1:
+            raise ConfigError(f"'freedom_prune_ratio' must be in [0, 1), got "
+                              f'{self.freedom_prune_ratio}')
         if not 0 <= self.lattice_lambda <= 1:
             raise ConfigError(f"'lattice_lambda' must be in [0, 1], got "
                               f'{self.lattice_lambda}')
@@ -298,10 +349,11 @@ class TrainConfig:
         if self.batching not in BATCHINGS:
             raise ConfigError(f"'batching' must be one of {BATCHINGS}, got "
                               f"'{self.batching}'")
-        if self.teacher_item_graph and self.batching == 'sampled':
-            raise ConfigError("'teacher_item_graph': the item graphs span "
-                              "all items and need batching='full', got "
-                              "batching='sampled'")
+        full_graph = self.full_graph_only()
+        if full_graph and self.batching == 'sampled':
+            raise ConfigError(f"{full_graph} needs batching='full' (its "
+                              f"item-item graph spans all items), got "
+                              f"batching='sampled'")
         self.fanouts = tuple(int(f) for f in self.fanouts)
         if not self.fanouts or any(f == 0 or f < -1 for f in self.fanouts):
             raise ConfigError(f"'fanouts' must be a non-empty list of "
@@ -347,6 +399,8 @@ def resolve_batching(config: TrainConfig, num_train_edges: int) -> str:
     else :obj:`"full"`."""
     if config.batching != 'auto':
         return config.batching
+    if config.full_graph_only():  # Item-item graphs over all items.
+        return 'full'
     return 'sampled' if num_train_edges >= AUTO_SAMPLED_EDGES else 'full'
 
 

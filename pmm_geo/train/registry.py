@@ -16,11 +16,11 @@ outside the package).
 """
 from typing import Dict, Tuple, Type
 
-from .stages import Stage, lattice, lightgcn, promptmm
+from .stages import Stage, freedom, lattice, lightgcn, promptmm
 from .stages.base import ModelSpec
 
 #: The built-in models, in the order the command line lists them.
-_BUILTIN = (promptmm, lightgcn, lattice)
+_BUILTIN = (promptmm, lightgcn, lattice, freedom)
 
 #: Every registered model by name.
 MODELS: Dict[str, ModelSpec] = {module.SPEC.name: module.SPEC

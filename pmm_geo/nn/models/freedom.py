@@ -1,4 +1,4 @@
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -9,6 +9,7 @@ from pmm_geo.nn.conv import FrozenItemGraph, modality_mix_weights
 from pmm_geo.nn._checks import check_int
 from pmm_geo.nn.knn import DEFAULT_BLOCK_SIZE
 from pmm_geo.nn.losses import BPRLoss
+from pmm_geo.nn.models._args import init_args
 
 from .student import LightGCNStudent
 
@@ -304,6 +305,12 @@ class FREEDOM(torch.nn.Module):
                 (u * projection(x[pos])).sum(-1),
                 (u * projection(x[neg])).sum(-1))
         return loss
+
+    def init_args(self) -> Dict[str, Any]:
+        r"""The constructor arguments of this model (what
+        :func:`pmm_geo.load_model` rebuilds it from): the features by their
+        widths, the frozen graph is in the :obj:`state_dict`."""
+        return init_args(self, features=dict(self.feature_dims))
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.num_users}, '

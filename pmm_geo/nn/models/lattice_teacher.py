@@ -1,4 +1,4 @@
-from typing import Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -7,6 +7,7 @@ from torch.nn import ModuleDict
 
 from pmm_geo.data.adjacency import BipartiteAdjacency, as_adjacency
 from pmm_geo.nn.knn import DEFAULT_BLOCK_SIZE
+from pmm_geo.nn.models._args import init_args
 from pmm_geo.nn.projector import PromptedProjector
 from pmm_geo.nn.prompt import PromptLearner
 
@@ -250,4 +251,13 @@ class LATTICETeacher(TeacherMixin, LATTICE):
     def _apply(self, fn, *args, **kwargs):
         self.clear_cache()  # Moved tensors invalidate the cache.
         return super()._apply(fn, *args, **kwargs)
+
+    def init_args(self) -> Dict[str, Any]:
+        r"""The constructor arguments of this teacher (what
+        :func:`pmm_geo.load_model` rebuilds it from)."""
+        projector = next(iter(self.projections.values()))
+        return init_args(self, features=dict(self.feature_dims),
+                         beta=projector.beta, dropout=projector.dropout.p,
+                         modality_weight=self.modality_loss_weight,
+                         prompt_dropout=self.prompt.dropout.p)
 

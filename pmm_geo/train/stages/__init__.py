@@ -7,6 +7,7 @@ live in :class:`pmm_geo.train.Trainer`, the list of models in
 :mod:`pmm_geo.train.registry`."""
 from .base import (Batch, BPRStage, ModelSpec, Optimizers, Stage,
                    StageContext, adam, count_parameters, input_tables)
+from .freedom import FreedomStage
 from .lattice import LatticeStage
 from .lightgcn import LightGCNStage, build_student
 from .promptmm import (DistillStage, TeacherStage, build_objective,
@@ -14,6 +15,6 @@ from .promptmm import (DistillStage, TeacherStage, build_objective,
 
 __all__ = ['Stage', 'BPRStage', 'Batch', 'Optimizers', 'StageContext',
            'ModelSpec', 'TeacherStage', 'DistillStage', 'LightGCNStage',
-           'LatticeStage', 'count_parameters', 'adam', 'input_tables',
+           'LatticeStage', 'FreedomStage', 'count_parameters', 'adam', 'input_tables',
            'build_teacher', 'build_student', 'build_objective',
            'select_output']

@@ -4,8 +4,10 @@ from typing import List, Optional
 
 import torch
 
+from pmm_geo.nn.models.lattice_teacher import LATTICETeacher
 from pmm_geo.nn.models.student import LightGCNStudent
-from pmm_geo.nn.models.teacher import MultimodalTeacher, TeacherOutput
+from pmm_geo.nn.models.teacher import MultimodalTeacher
+from pmm_geo.nn.models.teacher_api import TeacherOutput, check_teacher
 from pmm_geo.nn.objective import PromptMMObjective
 
 from ..checkpoint import load_checkpoint, save_checkpoint
@@ -15,12 +17,31 @@ from .base import (Batch, ModelSpec, Stage, StageContext, adam,
 from .lightgcn import build_student
 
 
-def build_teacher(config: TrainConfig, ctx: StageContext
-                  ) -> MultimodalTeacher:
-    r"""The teacher of :obj:`config` for the data of :obj:`ctx` (hard
-    tokens computed)."""
+def build_teacher(config: TrainConfig, ctx: StageContext):
+    r"""The teacher of :obj:`config` (:obj:`config.teacher`) for the data
+    of :obj:`ctx` (hard tokens computed): any model with the teacher
+    interface (:class:`~pmm_geo.nn.models.TeacherMixin`)."""
+    if config.teacher == 'lattice':
+        teacher = LATTICETeacher(
+            ctx.num_users, ctx.num_items, dict(ctx.features),
+            embedding_dim=config.embedding_dim,
+            num_layers=config.lattice_layers, knn_k=config.lattice_knn_k,
+            lambda_coeff=config.lattice_lambda,
+            item_graph_layers=config.lattice_item_layers,
+            beta=config.teacher_beta,
+            modality_weight=config.teacher_modality_weight,
+            lambda_reg=config.reg_weight, layout=config.layout)
+    else:
+        teacher = _promptmm_teacher(config, ctx)
+    check_teacher(teacher)
+    teacher.to(ctx.graph.device)
+    return teacher.init_prompt(ctx.graph, ctx.features)
+
+
+def _promptmm_teacher(config: TrainConfig, ctx: StageContext
+                      ) -> MultimodalTeacher:
     dims = {m: x.size(1) for m, x in ctx.features.items()}
-    teacher = MultimodalTeacher(
+    return MultimodalTeacher(
         ctx.num_users, ctx.num_items, dims,
         embedding_dim=config.embedding_dim, num_layers=config.num_layers,
         dropout=config.teacher_dropout, beta=config.teacher_beta,
@@ -28,8 +49,6 @@ def build_teacher(config: TrainConfig, ctx: StageContext
         modality_weight=config.teacher_modality_weight,
         lambda_reg=config.reg_weight, layout=config.layout,
         item_graph=config.teacher_item_graph, knn_k=config.teacher_knn_k)
-    teacher.to(ctx.graph.device)
-    return teacher.init_prompt(ctx.graph, ctx.features)
 
 
 def build_objective(config: TrainConfig,
@@ -47,7 +66,8 @@ def build_objective(config: TrainConfig,
 
 class TeacherStage(Stage):
     r"""PromptMM stage 1: teacher and prompt trained together on BPR over
-    the fused embeddings plus BPR over each modality branch."""
+    the fused embeddings plus BPR over each modality branch (the teacher of
+    :obj:`config.teacher`, see :func:`build_teacher`)."""
     name = 'teacher'
     needs_features = True
 
@@ -56,7 +76,7 @@ class TeacherStage(Stage):
 
     def num_hops(self):
         # The id branch has num_layers layers, a modality branch two.
-        return max(self.config.num_layers, 2)
+        return max(_teacher_layers(self.config), 2)
 
     def step(self, batch):
         out = self.model(batch.graph, self.ctx.features)
@@ -131,7 +151,7 @@ class DistillStage(Stage):
         hops = self.config.student_layers
         if self.objective.uses_teacher and self.config.prompt_tuning:
             # The teacher runs on the subgraph too.
-            hops = max(hops, self.config.num_layers, 2)
+            hops = max(hops, _teacher_layers(self.config), 2)
         return hops
 
     def candidates(self, users, pos):
@@ -190,6 +210,11 @@ class DistillStage(Stage):
             self.modules['teacher'].prompt.state_dict()
         save_checkpoint(teacher, path)
         super().export(run, checkpoint)
+
+
+def _teacher_layers(config: TrainConfig) -> int:
+    return config.lattice_layers if config.teacher == 'lattice' else \
+        config.num_layers
 
 
 def select_output(out: TeacherOutput, graph) -> TeacherOutput:
