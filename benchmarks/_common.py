@@ -1,10 +1,5 @@
-r"""Helpers shared by :obj:`benchmarks/compare.py` and
-:obj:`benchmarks/scale.py`: peak memory of the current process, the one
-chunked top-k scorer every model is ranked with, serving-time footprints,
-rebuilding a served model from its checkpoint, and summary statistics.
-
-Not a public API of pmm_geo: the benchmark scripts import it by path.
-"""
+r"""What the benchmark scripts share (imported by path; not pmm_geo API):
+memory, the machine, workers, served models, timing, statistics, output."""
 import json
 import math
 import os
@@ -15,46 +10,36 @@ import subprocess
 import sys
 import time
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional,
-                    Tuple)
+                    Sequence, Tuple)
 
 import torch
 from torch import Tensor
 
 MB = 1024.0**2
 
-#: The metrics of every benchmark row, in table order.
-QUALITY = ('recall@20', 'ndcg@20', 'precision@20')
 
-
-# ----------------------------------------------------------------------
-# Memory
-
-def _status_kb(field: str) -> Optional[int]:
+def status_kb(field: str) -> Optional[int]:
+    r"""A field of :obj:`/proc/self/status` in KiB (e.g. :obj:`VmRSS`)."""
     try:
         with open('/proc/self/status', encoding='ascii') as f:
-            for line in f:
-                if line.startswith(field + ':'):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+            return next(int(line.split()[1]) for line in f
+                        if line.startswith(field + ':'))
+    except (OSError, StopIteration):
+        return None
 
 
 def rss_mb() -> float:
     r"""Current resident set size of this process, in MiB."""
-    kb = _status_kb('VmRSS')
-    return float('nan') if kb is None else kb / 1024.0
+    return (status_kb('VmRSS') or float('nan')) / 1024.0
 
 
 def peak_rss_mb() -> float:
-    r"""Peak resident set size of this process in MiB: Linux
-    :obj:`VmHWM` (since the last :func:`reset_peak_rss`), else
-    :obj:`ru_maxrss` (since the process started)."""
-    kb = _status_kb('VmHWM')
+    r"""Peak resident set size of this process in MiB: Linux :obj:`VmHWM`
+    (since the last :func:`reset_peak_rss`), else :obj:`ru_maxrss`."""
+    kb = status_kb('VmHWM')
     if kb is None:
         kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        if sys.platform == 'darwin':  # bytes there, KiB on Linux
-            kb //= 1024
+        kb //= 1024 if sys.platform == 'darwin' else 1  # bytes there
     return kb / 1024.0
 
 
@@ -69,167 +54,143 @@ def reset_peak_rss() -> bool:
         return False
 
 
-# ----------------------------------------------------------------------
-# Ranking: the one scorer every model's inference is timed with
-
-def rank_all_users(user_emb: Tensor, item_emb: Tensor,
-                   train_edge_index: Tensor, k: int = 20) -> Tensor:
-    r"""Top-:obj:`k` unseen items of *every* user, :obj:`[U, k]`, with
-    :func:`pmm_geo.ranking.recommend_items` (chunks of at most 64 MiB of
-    scores, train items masked, one :func:`torch.topk` per chunk): the same
-    code ranks every model, so rank times differ only by embedding width
-    and machine noise."""
-    from pmm_geo.ranking import recommend_items
-    return recommend_items(user_emb, item_emb, k, exclude=train_edge_index)
-
-
-# ----------------------------------------------------------------------
-# Serving-time models
-
-def count_elements(tensors: Iterable[Tensor]) -> int:
-    return sum(int(t.numel()) for t in tensors)
-
-
-def count_bytes(tensors: Iterable[Tensor]) -> int:
-    return sum(int(t.numel()) * t.element_size() for t in tensors)
+def machine() -> Dict[str, Any]:
+    r"""A short description of the machine and the software."""
+    import torch_geometric
+    info = {'platform': platform.platform(), 'cpu_count': os.cpu_count(),
+            'python': platform.python_version(), 'torch': torch.__version__,
+            'torch_geometric': torch_geometric.__version__,
+            'torch_threads': torch.get_num_threads(),
+            'cuda': torch.cuda.is_available(),
+            'cpu': platform.processor() or platform.machine()}
+    try:
+        with open('/proc/cpuinfo', encoding='ascii', errors='replace') as f:
+            info['cpu'] = next(line.split(':', 1)[1].strip() for line in f
+                               if line.startswith('model name'))
+        with open('/proc/meminfo', encoding='ascii') as f:
+            info['mem_total_gb'] = round(int(f.readline().split()[1]) /
+                                         1024**2, 1)
+    except (OSError, StopIteration):
+        pass
+    return info
 
 
-def serving_tensors(model: torch.nn.Module,
-                    features: Optional[Mapping[str, Tensor]] = None
-                    ) -> List[Tensor]:
-    r"""Every tensor a model needs to compute its embeddings at serving time:
-    its parameters and persistent buffers (:obj:`state_dict`: hard tokens,
-    frozen kNN graphs, ...) plus the raw item feature tables it reads (the
-    teacher and LATTICE). The student and LightGCN need their embedding
-    tables only. The train interactions (needed by every graph model, and
-    to exclude seen items) are not counted."""
+def footprint(name: str, model: torch.nn.Module,
+              features: Mapping[str, Tensor]) -> Tuple[int, float]:
+    r"""Elements and MiB of every tensor the served model :obj:`name`
+    needs for its embeddings: its :obj:`state_dict` (hard tokens, frozen kNN
+    graphs, ...) and the feature tables it reads (not the interactions)."""
+    from pmm_geo.train.registry import stage_class
     tensors = list(model.state_dict().values())
-    if features is not None:
+    if stage_class(name).needs_features:
         tensors += list(features.values())
-    return tensors
+    return (sum(int(t.numel()) for t in tensors),
+            sum(int(t.numel()) * t.element_size() for t in tensors) / MB)
 
 
-def build_served_model(name: str, ckpt: Mapping[str, Any], num_users: int,
-                       num_items: int, features: Mapping[str, Tensor]
-                       ) -> torch.nn.Module:
-    r"""Rebuilds the model :obj:`name` (:obj:`teacher`, :obj:`student`,
-    :obj:`lightgcn` or :obj:`lattice`) of a run from its checkpoint
-    (:obj:`<run>/<name>.pt` as the engine writes it), in eval mode.
-
-    The teacher gets its stage-1 weights and prompt (the state the teacher
-    row of the table was selected and tested with). LATTICE's constructor
-    recomputes its frozen kNN graphs from the raw features; the saved graphs
-    then overwrite them (a server would only load them)."""
-    from pmm_geo.nn import LATTICE, LightGCNStudent, MultimodalTeacher
-    from pmm_geo.train import TrainConfig
-
-    cfg = TrainConfig.from_dict(ckpt['config'], source=f'{name}.pt')
-    if name in ('student', 'lightgcn'):
-        model = LightGCNStudent(**ckpt['init'])
-    elif name == 'teacher':
-        model = MultimodalTeacher(
-            num_users, num_items, {m: x.size(1) for m, x in features.items()},
-            embedding_dim=cfg.embedding_dim, num_layers=cfg.num_layers,
-            dropout=cfg.teacher_dropout, beta=cfg.teacher_beta,
-            gamma=cfg.teacher_gamma, fusion_weight=cfg.teacher_lambda,
-            modality_weight=cfg.teacher_modality_weight,
-            lambda_reg=cfg.reg_weight, layout=cfg.layout)
-    elif name == 'lattice':
-        model = LATTICE(num_users, num_items, dict(features),
-                        embedding_dim=cfg.embedding_dim,
-                        num_layers=cfg.lattice_layers,
-                        knn_k=cfg.lattice_knn_k,
-                        lambda_coeff=cfg.lattice_lambda,
-                        item_graph_layers=cfg.lattice_item_layers,
-                        layout=cfg.layout)
-    else:
-        raise ValueError(f"unknown model '{name}'")
-    model.load_state_dict(ckpt['state_dict'])
-    return model.eval()
-
-
-def needs_features(name: str) -> bool:
-    return name in ('teacher', 'lattice')
+def time_call(fn, *args, **kwargs) -> Tuple[float, float, Any]:
+    r"""Runs :obj:`fn`: :obj:`(wall seconds, CPU seconds, its output)`."""
+    tic, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - tic, time.process_time() - cpu, out
 
 
 @torch.no_grad()
-def embed(name: str, model: torch.nn.Module, graph,
-          features: Mapping[str, Tensor]) -> Tuple[Tensor, Tensor]:
-    r"""Every forward computation the served model needs for its final
-    embeddings (teacher: projections + prompt + propagation; LATTICE:
-    projections, learned item graphs, propagation; student / LightGCN:
-    propagation)."""
-    if needs_features(name):
-        return model.get_embedding(graph, dict(features))
-    return model.get_embedding(graph)
-
-
-def prepare_graph(train_edge_index: Tensor, num_users: int, num_items: int,
-                  layout: str = 'edge_index_fused'):
-    r"""The normalized user-item adjacency with both propagation views of
-    :obj:`layout` built: graph preprocessing that every graph model shares
-    (timed apart from the models' forward computations)."""
+def time_inference(name: str, model: torch.nn.Module, edges: Tensor,
+                   num_users: int, num_items: int,
+                   features: Mapping[str, Tensor], k: int = 20):
+    r"""One timed inference of the served model :obj:`name`, wall and CPU:
+    the shared normalized adjacency (``graph_seconds``, apart), every
+    forward computation the model needs (``embed_seconds``) and the top-k
+    unseen items of every user with one scorer for all models
+    (``rank_seconds``); returns them and :obj:`(user, item, top)`."""
     from pmm_geo.data import BipartiteAdjacency
-    graph = BipartiteAdjacency(train_edge_index, num_users, num_items)
-    graph.item_to_user(layout)
-    graph.user_to_item(layout)
-    return graph
+    from pmm_geo.ranking import recommend_items
+    from pmm_geo.train.registry import stage_class
+
+    def prepare():
+        graph = BipartiteAdjacency(edges, num_users, num_items)
+        graph.item_to_user(model.layout), graph.user_to_item(model.layout)
+        return graph
+
+    graph_s, _, graph = time_call(prepare)
+    embed_s, embed_cpu, (user, item) = time_call(
+        stage_class(name).model_embeddings, model, graph, features)
+    rank_s, rank_cpu, top = time_call(recommend_items, user, item, k,
+                                      exclude=edges)
+    return {'graph_seconds': graph_s, 'embed_seconds': embed_s,
+            'rank_seconds': rank_s, 'inference_seconds': embed_s + rank_s,
+            'embed_cpu_seconds': embed_cpu, 'rank_cpu_seconds': rank_cpu,
+            'inference_cpu_seconds': embed_cpu + rank_cpu}, (user, item, top)
 
 
-def time_call(fn, *args, **kwargs) -> Tuple[float, Any]:
-    tic = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return time.perf_counter() - tic, out
+def medians(samples: List[Dict[str, float]]) -> Dict[str, Any]:
+    r"""The median of each key over :obj:`samples`, and all of them as
+    :obj:`<key>_all`."""
+    return {**{k: statistics.median(s[k] for s in samples)
+               for k in samples[0]},
+            **{k + '_all': [s[k] for s in samples] for k in samples[0]}}
 
-
-# ----------------------------------------------------------------------
-# Workers: each benchmark measurement runs in its own subprocess (its own
-# peak memory, its own thread count) or, for tests, in this process.
 
 Spec = Dict[str, Any]
 
 
-def run_in_process(spec: Spec, run_spec: Callable[[Spec], None]) -> None:
-    r"""Runs a worker in this process with the spec's thread count (also
-    :obj:`--in-process` for tests and debugging: its peak memory is then
-    this whole process's)."""
-    threads = torch.get_num_threads()
-    if spec.get('threads'):
-        torch.set_num_threads(int(spec['threads']))
-    try:
-        run_spec(spec)
-    finally:
-        torch.set_num_threads(threads)
+def run_worker(script: str, spec: Spec, log_path: str, in_process: bool,
+               run_spec: Callable[[Spec], None]) -> Optional[str]:
+    r"""Runs :obj:`run_spec(spec)` with the spec's thread count in this
+    process (tests) or as :obj:`script --worker SPEC_JSON`, logging to
+    :obj:`log_path` (each measurement its own peak memory and threads);
+    returns :obj:`None` on success, else an error with the log's tail."""
+    if in_process:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(int(spec.get('threads') or threads))
+        try:
+            run_spec(spec)
+        finally:
+            torch.set_num_threads(threads)
+        return None
+    cmd = [sys.executable, os.path.abspath(script), '--worker',
+           json.dumps(spec)]
+    with open(log_path, 'w', encoding='utf-8') as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, PYTHONWARNINGS='ignore')
+                              ).returncode
+    if code == 0:
+        return None
+    with open(log_path, encoding='utf-8', errors='replace') as f:
+        tail = ''.join(f.readlines()[-15:])
+    return f'worker {spec["kind"]} failed (exit {code}); {log_path}:\n{tail}'
 
 
 def worker_main(argv: List[str], run_spec: Callable[[Spec], None]) -> int:
     r"""The :obj:`--worker SPEC_JSON` entry point of a benchmark script."""
-    import warnings
-    warnings.filterwarnings('ignore', message='Sparse CSR tensor support')
-    run_in_process(json.loads(argv[0]), run_spec)
-    return 0
+    return run_worker('', json.loads(argv[0]), '', True, run_spec) or 0
 
 
-def spawn_worker(script: str, spec: Spec, log_path: str) -> Optional[str]:
-    r"""Runs :obj:`script --worker SPEC_JSON` with its output in
-    :obj:`log_path`; returns :obj:`None` on success, else an error message
-    with the tail of the log."""
-    cmd = [sys.executable, os.path.abspath(script), '--worker',
-           json.dumps(spec)]
-    with open(log_path, 'w', encoding='utf-8') as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode == 0:
-        return None
-    with open(log_path, encoding='utf-8', errors='replace') as f:
-        tail = ''.join(f.readlines()[-15:])
-    what = ' '.join(str(spec[k]) for k in ('kind', 'run', 'model')
-                    if k in spec)
-    return (f'worker {what} failed (exit {proc.returncode}); log '
-            f'{log_path}:\n{tail}')
+def add_worker_args(parser, out: str) -> None:
+    r"""The options compare.py and scale.py share."""
+    parser.add_argument('--out', default=os.path.join('runs', out),
+                        metavar='DIR', help=f'output folder (default: '
+                        f'runs/{out})')
+    parser.add_argument('--threads', type=int, default=1, metavar='N',
+                        help='torch threads per worker (default: 1; on a '
+                        'small graph more threads mostly add contention)')
+    parser.add_argument('--repeats', type=int, default=3, metavar='N',
+                        help='inference timing repeats (median; default: 3)')
+    parser.add_argument('--in-process', action='store_true',
+                        help='run the workers in this process (tests; peak '
+                        'memory is then the whole process\'s)')
+    parser.add_argument('--no-plot', action='store_true')
 
 
-# ----------------------------------------------------------------------
-# Statistics and reports
+def child_json(script: str, args: Sequence[str]) -> Dict[str, Any]:
+    r"""Runs :obj:`python script args...` in a fresh process and returns
+    the JSON object on the last line of its output."""
+    out = subprocess.run([sys.executable, os.path.abspath(script), *args],
+                         check=True, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
 
 def mean_std(values: List[float]) -> Dict[str, float]:
     r"""Mean and sample standard deviation (0 for a single value)."""
@@ -243,47 +204,38 @@ def mean_std(values: List[float]) -> Dict[str, float]:
 
 def fmt(stat: Mapping[str, float], digits: int = 4) -> str:
     mean, std = stat['mean'], stat['std']
-    if math.isnan(mean):
-        return 'n/a'
-    if digits == 0:
-        return f'{mean:,.0f} ± {std:,.0f}'
-    return f'{mean:.{digits}f} ± {std:.{digits}f}'
+    return 'n/a' if math.isnan(mean) else \
+        f'{mean:,.{digits}f} ± {std:,.{digits}f}'
 
 
-def machine() -> Dict[str, Any]:
-    r"""A short description of the machine and the software."""
-    import torch_geometric
-    info = {'platform': platform.platform(),
-            'python': platform.python_version(),
-            'torch': torch.__version__, 'torch_geometric':
-            torch_geometric.__version__, 'cpu_count': os.cpu_count(),
-            'torch_threads': torch.get_num_threads(), 'cuda':
-            torch.cuda.is_available()}
+def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]],
+             align: Optional[Sequence[str]] = None) -> List[str]:
+    r"""The lines of a markdown table (:obj:`align`: one :obj:`'---'`,
+    :obj:`'---:'`, ... per column)."""
+    align = align or ['---'] * len(header)
+    return (['| ' + ' | '.join(header) + ' |', '|' + '|'.join(align) + '|'] +
+            ['| ' + ' | '.join(str(v) for v in row) + ' |' for row in rows])
+
+
+def write(path: str, obj: Any) -> None:
+    r"""Writes text, or any other object as JSON, atomically."""
+    from pmm_geo.train.checkpoint import atomic_write_text
+    atomic_write_text(path, obj if isinstance(obj, str) else
+                      json.dumps(obj, indent=2) + '\n')
+
+
+def read_json(path: str) -> Any:
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
+
+
+def pyplot():
+    r"""matplotlib's pyplot (Agg), or :obj:`None` without matplotlib."""
     try:
-        with open('/proc/cpuinfo', encoding='ascii', errors='replace') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    info['cpu'] = line.split(':', 1)[1].strip()
-                    break
-        with open('/proc/meminfo', encoding='ascii') as f:
-            info['mem_total_gb'] = round(int(f.readline().split()[1]) /
-                                         1024**2, 1)
-    except OSError:
-        pass
-    return info
-
-
-def write_json(path: str, obj: Any) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(obj, f, indent=2)
-        f.write('\n')
-    os.replace(tmp, path)
-
-
-def have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-        return True
+        import matplotlib
     except ImportError:
-        return False
+        print('matplotlib is not installed: no plot (pip install matplotlib)')
+        return None
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt

@@ -1,21 +1,12 @@
 r"""Full-ranking evaluation cost on the Amazon Baby graph.
 
 Times :func:`pmm_geo.evaluate` (test split, all test users, ks=(10, 20, 50),
-train+val exclusion) against the bare lower bound "one dense ``U @ I.T`` plus
-``topk(50)``" on the same shapes without any masking, interleaved in one run,
-and reports median times, their ratio, and the peak memory of each variant
-measured in a fresh subprocess. ``evaluate`` reuses the ranking index cached on
-the data (as in a training loop that evaluates every epoch); building that
-index is timed on its own ("index build"), so a first, cold call costs about
-evaluate + index build.
-
-Peak memory: torch's CPU allocations are invisible to ``tracemalloc``, so each
-variant runs in its own subprocess that loads the data and embeddings, resets
-the kernel's resident-set high-water mark (``echo 5 > /proc/self/clear_refs``,
-Linux), runs the variant twice, and reports ``VmHWM - VmRSS`` before the run:
-the true extra resident memory the computation needed. Without
-``clear_refs`` it falls back to ``ru_maxrss`` (a lower bound of the increase,
-flagged in the output).
+train+val exclusion, the ranking index cached as in a training loop; its
+build is timed apart) against the bare lower bound "one dense ``U @ I.T``
+plus ``topk(50)``" without masking, interleaved, and reports medians, their
+ratio, and each variant's peak memory in a fresh subprocess: ``VmHWM`` after
+resetting it (``/proc/self/clear_refs``) minus ``VmRSS`` before, over two
+runs (without ``clear_refs``, ``ru_maxrss``: a lower bound, flagged).
 
     python benchmarks/bench_eval.py --root ../shared/data/amazon_baby_5core
 """
@@ -23,95 +14,51 @@ import argparse
 import json
 import os
 import os.path as osp
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 
-import pmm_geo
-from pmm_geo.evaluation import default_batch_size, ranking_index
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+import _common as C  # noqa: E402
+
+import pmm_geo  # noqa: E402
+from pmm_geo.data import EDGE_TYPE, read_promptmm  # noqa: E402
+from pmm_geo.evaluation import ranking_index  # noqa: E402
+from pmm_geo.ranking import default_batch_size  # noqa: E402
 
 DEFAULT_ROOT = osp.join(osp.dirname(osp.abspath(__file__)), '..', '..',
                         'shared', 'data', 'amazon_baby_5core')
 KS = (10, 20, 50)
 
 
-def load(root: str):
-    try:
-        from pmm_geo.data import read_promptmm
-    except ImportError:  # Not exported yet by the readers module's owner.
-        from pmm_geo.data.readers import read_promptmm
-    return read_promptmm(root)
-
-
-def embeddings(data, dim: int = 64, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    user = torch.randn(data['user'].num_nodes, dim, generator=gen)
-    item = torch.randn(data['item'].num_nodes, dim, generator=gen)
-    return user, item
-
-
-def run_bound(user, item, num_eval_users):
-    # Same shapes as the evaluator's work: every test user against all items.
-    return torch.topk(user[:num_eval_users] @ item.t(), max(KS), dim=1)
-
-
-def run_evaluate(user, item, data, batch_size):
-    return pmm_geo.evaluate(user, item, data, 'test', ks=KS,
-                            batch_size=batch_size)
-
-
-def _status_kb(field: str) -> int:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise KeyError(field)
+def setup(args):
+    data = read_promptmm(args.root)
+    gen = torch.Generator().manual_seed(0)
+    user = torch.randn(data['user'].num_nodes, 64, generator=gen)
+    item = torch.randn(data['item'].num_nodes, 64, generator=gen)
+    num_eval = ranking_index(data, 'test').users.numel()
+    return data, user, item, {
+        # Same shapes as the evaluator's work: every test user, all items.
+        'bound': lambda: torch.topk(user[:num_eval] @ item.t(), max(KS),
+                                    dim=1),
+        'evaluate': lambda: pmm_geo.evaluate(user, item, data, 'test', ks=KS,
+                                             batch_size=args.batch_size),
+        'index build': lambda: ranking_index(data, 'test')}
 
 
 def worker(args) -> None:
     r"""Subprocess: peak resident-memory increase of one variant."""
-    data = load(args.root)
-    user, item = embeddings(data)
-    num_eval = ranking_index(data, 'test').users.numel()
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')  # Reset VmHWM to the current RSS.
-        method, before = 'VmHWM', _status_kb('VmRSS')
-    except OSError:
-        method = 'ru_maxrss (lower bound)'
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run = setup(args)[3][args.worker]
+    if C.reset_peak_rss():
+        method, before = 'VmHWM', C.rss_mb()
+    else:
+        method, before = 'ru_maxrss (lower bound)', C.peak_rss_mb()
     for _ in range(2):
-        if args.worker == 'bound':
-            out = run_bound(user, item, num_eval)
-        else:
-            out = run_evaluate(user, item, data, args.batch_size)
-        del out
-    peak = (_status_kb('VmHWM') if method == 'VmHWM' else
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    print(json.dumps({'peak_increase_mb': (peak - before) / 1024,
+        run()
+    print(json.dumps({'peak_increase_mb': C.peak_rss_mb() - before,
                       'method': method}))
-
-
-def peak_memory(args, variant: str) -> dict:
-    cmd = [sys.executable, osp.abspath(__file__), '--root', args.root,
-           '--worker', variant]
-    if args.threads:
-        cmd += ['--threads', str(args.threads)]
-    if args.batch_size is not None:
-        cmd += ['--batch-size', str(args.batch_size)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONWARNINGS='ignore'))
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -134,33 +81,26 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    data = load(args.root)
-    user, item = embeddings(data)
-    num_items = data['item'].num_nodes
+    data, user, item, variants = setup(args)
+    store, num_items = data[EDGE_TYPE], data['item'].num_nodes
     num_eval = ranking_index(data, 'test').users.numel()
     batch_size = args.batch_size or default_batch_size(num_items)
     print(f'graph: {data["user"].num_nodes} users, {num_items} items, '
-          f'{data["user", "interacts", "item"].edge_index.size(1)} train / '
-          f'{data["user", "interacts", "item"].test_edge_index.size(1)} test '
-          f'interactions; {num_eval} test users; d={user.size(1)}; '
-          f'torch {torch.__version__}, {torch.get_num_threads()} threads, '
-          f'{os.cpu_count()} CPUs, load average before '
-          f'{os.getloadavg()[0]:.1f}')
-
-    variants = {
-        'bound': lambda: run_bound(user, item, num_eval),
-        'evaluate': lambda: run_evaluate(user, item, data, args.batch_size),
-        'index build': lambda: ranking_index(data, 'test'),
-    }
+          f'{store.edge_index.size(1)} train / '
+          f'{store.test_edge_index.size(1)} test interactions; {num_eval} '
+          f'test users; d={user.size(1)}; torch {torch.__version__}, '
+          f'{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load '
+          f'average before {os.getloadavg()[0]:.1f}')
     for fn in variants.values():  # Warm-up (allocator, BLAS buffers).
         fn()
     times = {name: [] for name in variants}
     for _ in range(args.repeats):  # Interleaved: drift hits all alike.
         for name, fn in variants.items():
-            times[name].append(timed(fn))
+            times[name].append(C.time_call(fn)[0])
     median = {name: statistics.median(t) for name, t in times.items()}
 
-    memory = {name: peak_memory(args, name) for name in ('bound', 'evaluate')}
+    memory = {name: C.child_json(__file__, sys.argv[1:] + ['--worker', name])
+              for name in ('bound', 'evaluate')}
     print(f'{"variant":<13} {"median s":>9} {"min s":>7} {"peak MB":>8}')
     for name in variants:
         mem = memory.get(name, {}).get('peak_increase_mb')
@@ -175,7 +115,7 @@ def main() -> None:
           f'{num_eval * num_items * 4 / 2**20:.1f} MiB)')
     print(f'peak memory method: {memory["evaluate"]["method"]}; load '
           f'average after {os.getloadavg()[0]:.1f}')
-    metrics = run_evaluate(user, item, data, args.batch_size)
+    metrics = variants['evaluate']()
     print('random-embedding metrics (sanity): ' + ', '.join(
         f'{k}={v:.4f}' for k, v in metrics.items() if k.endswith('@20')))
 

@@ -3,6 +3,7 @@ import math
 import torch
 
 from pmm_geo.data import (
+    EDGE_TYPE,
     BipartiteAdjacency,
     as_adjacency,
     from_arrays,
@@ -55,7 +56,7 @@ def test_cached_on_the_data(synthetic_data):
 
 def test_rebuilt_when_the_train_edges_change(synthetic_data):
     adj = get_adjacency(synthetic_data)
-    store = synthetic_data['user', 'interacts', 'item']
+    store = synthetic_data[EDGE_TYPE]
     store.edge_index = store.edge_index[:, :-5].clone()
     fresh = get_adjacency(synthetic_data)
     assert fresh is not adj

@@ -11,7 +11,7 @@ from torch_geometric.metrics import (
 
 import pmm_geo
 from pmm_geo import evaluate
-from pmm_geo.data import from_arrays, split_edge_index
+from pmm_geo.data import EDGE_TYPE, from_arrays, split_edge_index
 from pmm_geo.evaluation import default_batch_size, ranking_index
 from pmm_geo.ranking import masked_scores
 
@@ -251,7 +251,7 @@ def test_cached_index_follows_replaced_splits():
     data, user, item = random_data(seed=6)
     first = evaluate(user, item, data)
     assert evaluate(user, item, data) == first  # Served from the cache.
-    store = data['user', 'interacts', 'item']
+    store = data[EDGE_TYPE]
     store.test_edge_index = store.test_edge_index[:, ::2].contiguous()
     fresh = from_arrays(split_edge_index(data, 'train'),
                         split_edge_index(data, 'val'),

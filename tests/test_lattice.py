@@ -9,42 +9,8 @@ import torch.nn.functional as F
 from pmm_geo.data import BipartiteAdjacency
 from pmm_geo.nn import LATTICE
 from pmm_geo.nn.knn import cosine_knn, edge_cosine
-
-# ---------------------------------------------------------------------------
-# The dense LATTICE code (CRIPAC-DIG/LATTICE codes/Models.py, lines 13-27 and
-# 86-98), rewritten for any number of modalities: the reference the sparse
-# implementation must reproduce.
-
-
-def build_sim(context):
-    context_norm = context.div(torch.norm(context, p=2, dim=-1, keepdim=True))
-    return torch.mm(context_norm, context_norm.transpose(1, 0))
-
-
-def build_knn_neighbourhood(adj, topk):
-    knn_val, knn_ind = torch.topk(adj, topk, dim=-1)
-    return torch.zeros_like(adj).scatter_(-1, knn_ind, knn_val)
-
-
-def compute_normalized_laplacian(adj):
-    rowsum = torch.sum(adj, -1)
-    d_inv_sqrt = torch.pow(rowsum, -0.5)
-    d_inv_sqrt[torch.isinf(d_inv_sqrt)] = 0.
-    d_mat_inv_sqrt = torch.diagflat(d_inv_sqrt)
-    return torch.mm(torch.mm(d_mat_inv_sqrt, adj), d_mat_inv_sqrt)
-
-
-def dense_item_graph(model, features):
-    weight = torch.softmax(model.modality_weight, dim=0)
-    learned = sum(weight[j] * build_knn_neighbourhood(
-        build_sim(model.projections[m](features[m])), model.knn_k)
-                  for j, m in enumerate(model.modalities))
-    learned = compute_normalized_laplacian(learned)
-    original = sum(weight[j] * compute_normalized_laplacian(
-        build_knn_neighbourhood(build_sim(features[m]), model.knn_k))
-                   for j, m in enumerate(model.modalities))
-    return ((1 - model.lambda_coeff) * learned +
-            model.lambda_coeff * original)
+# The dense original: the reference the sparse implementation must reproduce.
+from pmm_geo.nn.models.lattice_dense import build_sim, dense_item_graph
 
 
 def close(a, b, atol=1e-12):

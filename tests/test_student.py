@@ -3,7 +3,7 @@ import torch
 from torch_geometric.typing import WITH_TORCH_SPARSE
 
 import pmm_geo
-from pmm_geo.data import BipartiteAdjacency, from_arrays
+from pmm_geo.data import EDGE_TYPE, BipartiteAdjacency, from_arrays
 from pmm_geo.nn import LightGCNStudent
 
 LAYOUTS = ['edge_index', 'edge_index_fused', 'csr']
@@ -236,7 +236,7 @@ def test_student_fits_planted_signal():
     torch.manual_seed(0)
     data = planted_dataset()
     num_users, num_items = data['user'].num_nodes, data['item'].num_nodes
-    edge_index = data['user', 'interacts', 'item'].edge_index
+    edge_index = data[EDGE_TYPE].edge_index
     model = LightGCNStudent(num_users, num_items, 32, num_layers=2)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
 

@@ -18,7 +18,8 @@ from .hetero import (
     split_edge_index,
 )
 from .readers import read_mmrec, read_promptmm, write_mmrec, write_promptmm
-from .synthetic import SyntheticFactors, synthetic, synthetic_electronics
+from .synthetic import (ELECTRONICS, SyntheticFactors, synthetic,
+                        synthetic_electronics)
 
 __all__ = [
     'read_promptmm',
@@ -27,6 +28,7 @@ __all__ = [
     'write_mmrec',
     'synthetic',
     'synthetic_electronics',
+    'ELECTRONICS',
     'SyntheticFactors',
     'EDGE_TYPE',
     'REV_EDGE_TYPE',

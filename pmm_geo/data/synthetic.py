@@ -154,6 +154,14 @@ def synthetic(
     return (data, factors) if return_factors else data
 
 
+#: The shape of PromptMM's Amazon Electronics data (users, items,
+#: interactions, feature widths): :func:`synthetic_electronics` and the
+#: benchmarks use it.
+ELECTRONICS = {'num_users': 41691, 'num_items': 21479,
+               'num_interactions': 359165,
+               'modalities': {'image': 4096, 'text': 1024}}
+
+
 def synthetic_electronics(scale: float = 1.0, seed: int = 0,
                           **kwargs) -> HeteroData:
     r"""A :func:`synthetic` dataset with the shape of the Amazon
@@ -162,10 +170,9 @@ def synthetic_electronics(scale: float = 1.0, seed: int = 0,
     multiplies the numbers of users, items and interactions; the feature
     widths stay. Other keyword arguments go to :func:`synthetic`.
     """
-    kwargs.setdefault('modalities', {'image': 4096, 'text': 1024})
-    return synthetic(num_users=41691, num_items=21479,
-                     num_interactions=359165, scale=scale, seed=seed,
-                     **kwargs)
+    shape = {k: v for k, v in ELECTRONICS.items() if k != 'modalities'}
+    kwargs.setdefault('modalities', dict(ELECTRONICS['modalities']))
+    return synthetic(**shape, scale=scale, seed=seed, **kwargs)
 
 
 def _check_arguments(num_users: int, num_items: int, num_interactions: int,

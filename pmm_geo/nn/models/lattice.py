@@ -429,3 +429,4 @@ class LATTICE(torch.nn.Module):
         return (f'{self.__class__.__name__}({self.num_users}, '
                 f'{self.num_items}, {self.embedding_dim}, '
                 f'modalities={self.modalities}, knn_k={self.knn_k})')
+

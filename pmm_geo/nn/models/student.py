@@ -4,10 +4,10 @@ import torch
 from torch import Tensor
 from torch.nn import Embedding, Module
 
-from pmm_geo.data.adjacency import LAYOUTS, BipartiteAdjacency, as_adjacency
+from pmm_geo.data.adjacency import BipartiteAdjacency, as_adjacency
 from pmm_geo.nn.conv import BipartiteConv
 from pmm_geo.nn.functional import lightgcn_propagate, pair_scores
-from pmm_geo.nn._checks import check_positive
+from pmm_geo.nn._checks import check_recommender
 from pmm_geo.nn.models._args import init_args
 from pmm_geo.ranking import recommend_items
 
@@ -83,16 +83,8 @@ class LightGCNStudent(Module):
         layout: str = 'edge_index_fused',
     ):
         super().__init__()
-        for name, value in (('num_users', num_users),
-                            ('num_items', num_items),
-                            ('embedding_dim', embedding_dim)):
-            check_positive('LightGCNStudent', name, value)
-        if int(num_layers) < 0:
-            raise ValueError(f"'num_layers' must be non-negative "
-                             f"(got {num_layers})")
-        if layout not in LAYOUTS:
-            raise ValueError(f"Unknown 'layout' {layout!r} (expected one of "
-                             f"{LAYOUTS})")
+        check_recommender('LightGCNStudent', num_users, num_items,
+                          embedding_dim, num_layers, layout)
         self.num_users = int(num_users)
         self.num_items = int(num_items)
         self.embedding_dim = int(embedding_dim)

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Embedding, Module, ModuleDict
 
-from pmm_geo.data.adjacency import LAYOUTS, BipartiteAdjacency, as_adjacency
+from pmm_geo.data.adjacency import BipartiteAdjacency, as_adjacency
 from pmm_geo.nn.conv import (
     BipartiteConv,
     FrozenItemGraph,
@@ -15,7 +15,7 @@ from pmm_geo.nn.functional import lightgcn_propagate
 from pmm_geo.nn.knn import knn_item_graph
 from pmm_geo.nn.projector import NORM_EPS, PromptedProjector
 from pmm_geo.nn.prompt import PromptLearner
-from pmm_geo.nn._checks import check_positive
+from pmm_geo.nn._checks import check_recommender
 from pmm_geo.nn.models._args import init_args
 
 from .teacher_api import TeacherMixin, TeacherOutput, feature_keys
@@ -176,13 +176,8 @@ class MultimodalTeacher(TeacherMixin, Module):
         knn_k: int = 10,
     ):
         super().__init__()
-        for name, value in (('num_users', num_users),
-                            ('num_items', num_items),
-                            ('embedding_dim', embedding_dim)):
-            check_positive('MultimodalTeacher', name, value)
-        if int(num_layers) < 0:
-            raise ValueError(f"'num_layers' must be non-negative, got "
-                             f"{num_layers}")
+        check_recommender('MultimodalTeacher', num_users, num_items,
+                          embedding_dim, num_layers, layout)
         if not feature_dims:
             raise ValueError("'feature_dims' is empty: the teacher needs at "
                              "least one item modality")
@@ -200,9 +195,6 @@ class MultimodalTeacher(TeacherMixin, Module):
             if not value >= 0:
                 raise ValueError(f"'{name}' must be non-negative, got "
                                  f"{value}")
-        if layout not in LAYOUTS:
-            raise ValueError(f"Unknown 'layout' {layout!r} (expected one of "
-                             f"{LAYOUTS})")
         if item_graph and (not isinstance(knn_k, int)
                            or not 1 <= knn_k <= num_items):
             raise ValueError(f"'knn_k' must be an integer in [1, "
