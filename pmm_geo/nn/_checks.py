@@ -38,3 +38,20 @@ def check_recommender(owner: str, num_users: int, num_items: int,
     if layout not in LAYOUTS:
         raise ValueError(f"{owner}: Unknown 'layout' {layout!r} (expected "
                          f"one of {LAYOUTS})")
+
+
+def check_item_graph_model(num_users: int, num_items: int,
+                           embedding_dim: int, num_layers: int, knn_k: int,
+                           item_graph_layers: int, knn_block_size: int,
+                           min_item_graph_layers: int = 0) -> None:
+    r"""The integer arguments of the models that propagate over kNN
+    item-item graphs (LATTICE, FREEDOM)."""
+    for name, value, low in (('num_users', num_users, 1),
+                             ('num_items', num_items, 1),
+                             ('embedding_dim', embedding_dim, 1),
+                             ('num_layers', num_layers, 0),
+                             ('knn_k', knn_k, 1),
+                             ('item_graph_layers', item_graph_layers,
+                              min_item_graph_layers),
+                             ('knn_block_size', knn_block_size, 1)):
+        check_int(name, value, low)

@@ -6,7 +6,7 @@ from torch.nn import Linear, ModuleDict
 
 from pmm_geo.data.adjacency import LAYOUTS, BipartiteAdjacency, as_adjacency
 from pmm_geo.nn.conv import FrozenItemGraph, modality_mix_weights
-from pmm_geo.nn._checks import check_int
+from pmm_geo.nn._checks import check_item_graph_model
 from pmm_geo.nn.knn import DEFAULT_BLOCK_SIZE
 from pmm_geo.nn.losses import BPRLoss
 from pmm_geo.nn.models._args import init_args
@@ -155,14 +155,9 @@ class FREEDOM(torch.nn.Module):
         layout: str = 'edge_index_fused',
     ):
         super().__init__()
-        for name, value, low in (('num_users', num_users, 1),
-                                 ('num_items', num_items, 1),
-                                 ('embedding_dim', embedding_dim, 1),
-                                 ('num_layers', num_layers, 0),
-                                 ('knn_k', knn_k, 1),
-                                 ('item_graph_layers', item_graph_layers, 1),
-                                 ('knn_block_size', knn_block_size, 1)):
-            check_int(name, value, low)
+        check_item_graph_model(num_users, num_items, embedding_dim,
+                               num_layers, knn_k, item_graph_layers,
+                               knn_block_size, min_item_graph_layers=1)
         if not 0. <= prune_ratio < 1.:
             raise ValueError(f"'prune_ratio' must be in [0, 1), got "
                              f"{prune_ratio!r}")

@@ -13,7 +13,7 @@ from pmm_geo.nn._sparse import sparse_mm
 from pmm_geo.nn.conv import BipartiteConv
 from pmm_geo.nn.functional import lightgcn_propagate
 from pmm_geo.nn.models._args import init_args
-from pmm_geo.nn._checks import check_int
+from pmm_geo.nn._checks import check_item_graph_model
 from pmm_geo.nn.knn import (
     DEFAULT_BLOCK_SIZE,
     cosine_knn,
@@ -187,14 +187,9 @@ class LATTICE(torch.nn.Module):
         layout: str = 'edge_index_fused',
     ):
         super().__init__()
-        for name, value, low in (('num_users', num_users, 1),
-                                 ('num_items', num_items, 1),
-                                 ('embedding_dim', embedding_dim, 1),
-                                 ('num_layers', num_layers, 0),
-                                 ('knn_k', knn_k, 1),
-                                 ('item_graph_layers', item_graph_layers, 0),
-                                 ('knn_block_size', knn_block_size, 1)):
-            check_int(name, value, low)
+        check_item_graph_model(num_users, num_items, embedding_dim,
+                               num_layers, knn_k, item_graph_layers,
+                               knn_block_size)
         if knn_k > num_items:
             raise ValueError(f"'knn_k' ({knn_k}) must not exceed "
                              f"'num_items' ({num_items})")
