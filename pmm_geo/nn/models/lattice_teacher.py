@@ -207,13 +207,6 @@ class LATTICETeacher(TeacherMixin, LATTICE):
                       for m in self.modalities}
         return TeacherOutput(user, item, modal_user, modal_item)
 
-    def get_embedding(self, graph, features: Mapping[str, Tensor]
-                      ) -> Tuple[Tensor, Tensor]:
-        r"""Returns the fused embeddings :obj:`(user [U, d], item [I, d])`.
-        """
-        out = self(graph, features)
-        return out.user, out.item
-
     @torch.no_grad()
     def cache_frozen(self, graph, features: Mapping[str, Tensor]):
         r"""Stage 2: builds the item graph once with the current prompt and
@@ -235,22 +228,6 @@ class LATTICETeacher(TeacherMixin, LATTICE):
     def clear_cache(self):
         r"""Drops the cache of :meth:`cache_frozen`."""
         self._cache = None
-
-    def _valid_cache(self, adj, features) -> Optional[_FrozenCache]:
-        cache = self._cache
-        if cache is None:
-            return None
-        self._check_cache(cache.versions)
-        if adj is not cache.adj or feature_keys(features) != \
-                cache.feature_keys:
-            raise RuntimeError("The frozen cache was computed for another "
-                               "graph or other features: call "
-                               "cache_frozen() again or clear_cache()")
-        return cache
-
-    def _apply(self, fn, *args, **kwargs):
-        self.clear_cache()  # Moved tensors invalidate the cache.
-        return super()._apply(fn, *args, **kwargs)
 
     def init_args(self) -> Dict[str, Any]:
         r"""The constructor arguments of this teacher (what

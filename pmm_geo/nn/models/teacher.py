@@ -399,13 +399,6 @@ class MultimodalTeacher(TeacherMixin, Module):
         return {m: self.prompt.item_moment(stats)
                 for m, stats in self._token_moments[1].items()}
 
-    def get_embedding(self, graph, features: Mapping[str, Tensor]
-                      ) -> Tuple[Tensor, Tensor]:
-        r"""Returns the fused embeddings :obj:`(user [U, d], item [I, d])`.
-        """
-        out = self(graph, features)
-        return out.user, out.item
-
     # ------------------------------------------------------------------
     # Stage 2 (loss() and freeze() come from TeacherMixin)
     @torch.no_grad()
@@ -436,24 +429,6 @@ class MultimodalTeacher(TeacherMixin, Module):
         statistics of the prompt term)."""
         self._cache = None
         self._token_moments = None
-
-    def _valid_cache(self, adj: BipartiteAdjacency,
-                     features: Dict[str, Tensor]) -> Optional[_FrozenCache]:
-        cache = self._cache
-        if cache is None:
-            return None
-        self._check_cache(cache.versions)
-        if adj.root is not cache.adj or feature_keys(features) != \
-                cache.feature_keys:
-            raise RuntimeError("The frozen cache was computed for another "
-                               "graph or other features: call "
-                               "cache_frozen() again or clear_cache()")
-        return cache
-
-    def _apply(self, fn, *args, **kwargs):
-        # Moving the module (device/dtype) invalidates the cached tensors.
-        self.clear_cache()
-        return super()._apply(fn, *args, **kwargs)
 
     def init_args(self) -> Dict[str, Any]:
         r"""The constructor arguments of this teacher (what

@@ -61,7 +61,8 @@ class TeacherMixin:
       the prompt trainable, then lets it compute once what the prompt does
       not change.
 
-    This mixin implements :meth:`loss` and :meth:`freeze` on top of
+    This mixin implements :meth:`loss`, :meth:`freeze` and
+    :meth:`get_embedding` on top of
     :obj:`user_embedding`, :obj:`item_embedding`, :obj:`lambda_reg`,
     :obj:`modality_loss_weight` and :meth:`_adjacency`, and the bookkeeping that
     keeps a frozen cache from going stale; the model implements the rest.
@@ -114,6 +115,31 @@ class TeacherMixin:
         for name, param in self.named_parameters():
             param.requires_grad_(train_prompt and name.startswith('prompt.'))
         return self
+
+    def get_embedding(self, graph, features) -> Tuple[Tensor, Tensor]:
+        r"""Returns the fused embeddings :obj:`(user [U, d], item [I, d])`.
+        """
+        out = self(graph, features)
+        return out.user, out.item
+
+    def _valid_cache(self, adj, features):
+        r"""The frozen cache (:obj:`None` if there is none), refused when it
+        went stale or was computed for another graph or other features."""
+        cache = self._cache
+        if cache is None:
+            return None
+        self._check_cache(cache.versions)
+        if adj.root is not cache.adj or feature_keys(features) != \
+                cache.feature_keys:
+            raise RuntimeError("The frozen cache was computed for another "
+                               "graph or other features: call "
+                               "cache_frozen() again or clear_cache()")
+        return cache
+
+    def _apply(self, fn, *args, **kwargs):
+        # Moving the module (device/dtype) invalidates the cached tensors.
+        self.clear_cache()
+        return super()._apply(fn, *args, **kwargs)
 
     def _backbone_parameters(self) -> List[Tuple[str, torch.nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters()
