@@ -208,7 +208,7 @@ def main(data=None, teacher_epochs: int = 20, student_epochs: int = 30,
     return metrics
 
 
-if __name__ == '__main__':
+def cli() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--data', default=None,
                         help='dataset folder in the LATTICE/PromptMM format')
@@ -229,3 +229,11 @@ if __name__ == '__main__':
     main(dataset, teacher_epochs=args.teacher_epochs,
          student_epochs=args.student_epochs, student_dim=args.student_dim,
          seed=args.seed)
+    return 0
+
+
+if __name__ == '__main__':
+    import sys
+
+    from pmm_geo.cli import run_guarded
+    sys.exit(run_guarded(cli, 'distill_into_pyg_lightgcn.py'))

@@ -152,4 +152,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from pmm_geo.cli import run_guarded
+    sys.exit(run_guarded(main, 'train_electronics.py',
+                         '; continue with --resume'))

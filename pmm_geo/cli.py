@@ -2,29 +2,52 @@ r"""The :obj:`pmm-geo` command line (also :obj:`python -m pmm_geo`).
 
 .. code-block:: bash
 
+    pmm-geo prepare INTERACTIONS --out DIR [--user-col user_id]
+        [--item-col item_id] [--time-col timestamp] [--sep auto]
+        [--min-count K] [--split loo|0.8,0.1,0.1]
+    pmm-geo features [ITEMS] --data DIR --modality NAME
+        (--text-col COL [--text-col COL ...] | --image-dir DIR)
+        [--id-col item_id] [--model NAME_OR_PATH] [--batch-size N]
     pmm-geo train DATA_DIR --out RUN_DIR
         [--model promptmm|lightgcn|lattice|freedom] [--teacher promptmm|lattice]
-        [--seed N] [--epochs N] [--config FILE] [--resume] [--quiet]
-        [--threads N]
+        [--seed N] [--epochs N] [--ks K ...] [--config FILE] [--resume]
+        [--quiet] [--threads N] [--format auto|promptmm|mmrec]
     pmm-geo evaluate RUN_DIR [--json]
     pmm-geo recommend RUN_DIR --users 0 1 2 [-k 20]
 
-Bad input gives a one-line error on stderr and a non-zero exit status.
+Bad input gives a one-line error on stderr and exit status 2 for a usage
+error, 1 for bad data or any other error. Ctrl-C (SIGINT) and SIGTERM stop
+the same way: one line (for :obj:`train`, with the hint to continue with
+:obj:`--resume`) and status 130 or 143.
 """
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 PROG = 'pmm-geo'
 #: Exit status of a usage error (argparse's) and of any other error.
 USAGE_ERROR, ERROR, INTERRUPTED = 2, 1, 130
+#: Exit status after SIGTERM (128 + the signal number, as a shell reports).
+TERMINATED = 128 + signal.SIGTERM
 
 
 class CommandError(Exception):
     r"""An error reported to the user as one line, without a traceback."""
+
+
+class UsageError(CommandError):
+    r"""A wrong combination of options, reported like argparse's errors
+    (exit status 2)."""
+
+
+class Terminated(KeyboardInterrupt):
+    r"""Raised by the SIGTERM handler, so that a terminated command leaves
+    the way an interrupted one does."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,6 +74,7 @@ def _int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pmm_geo.data.readers import FORMATS
     from pmm_geo.train import MODELS
     from pmm_geo.train.config import TEACHERS
     models = ', '.join(f'{name} ({spec.description})'
@@ -73,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('data_dir', metavar='DATA_DIR')
     train.add_argument('--out', required=True, metavar='RUN_DIR',
                        help='run directory (created)')
+    train.add_argument('--format', choices=FORMATS, default='auto',
+                       help='DATA_DIR format: promptmm (train.json, ...), '
+                       'mmrec (<name>.inter with x_label) or auto (default: '
+                       'told apart by the files)')
+    train.add_argument('--ks', type=_positive_int, nargs='+', default=None,
+                       metavar='K', help='metric cut-offs, 20 included '
+                       '(default: 10 20 50, dropping those above the number '
+                       'of items with a note; given ones must fit)')
     train.add_argument('--model', choices=tuple(MODELS), default=None,
                        help=models)
     train.add_argument('--teacher', choices=TEACHERS, default=None,
@@ -94,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                        '(default: OMP_NUM_THREADS, else the cores this '
                        'process may use divided among the processes)')
 
+    _add_prepare(sub)
+    _add_features(sub)
+
     evaluate = sub.add_parser('evaluate', help='print the metrics of a run',
                               description='Print the validation and test '
                               'metrics of a finished run.')
@@ -114,49 +149,211 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_prepare(sub) -> None:
+    prepare = sub.add_parser(
+        'prepare', help='raw interactions -> a dataset folder',
+        description='Read raw interactions (CSV or TSV with a header, '
+        'Parquet with pyarrow, RecBole atomic or sequential .inter files, '
+        'or a folder of one dataset\'s .inter files), keep the K-core, '
+        'split each user\'s interactions by time and write the PromptMM '
+        'folder (train.json, val.json, test.json) with user2id.json and '
+        'item2id.json (original id -> index) and prepare.json (what was '
+        'done). loo holds out the last interaction for test and the one '
+        'before for validation (users with fewer than 3 keep all in '
+        'train); ratios split each user\'s time line (RecBole rounding). A '
+        'held-out item the user already had is dropped, so no train item '
+        'repeats in validation or test.')
+    prepare.add_argument('interactions', metavar='INTERACTIONS')
+    prepare.add_argument('--out', required=True, metavar='DIR',
+                         help='dataset folder to write (created)')
+    prepare.add_argument('--user-col', default='user_id', metavar='COL',
+                         help='user id column (default: user_id)')
+    prepare.add_argument('--item-col', default='item_id', metavar='COL',
+                         help='item id column (default: item_id)')
+    prepare.add_argument('--time-col', default=None, metavar='COL',
+                         help='timestamp column, numbers or ISO 8601 dates '
+                         '(default: timestamp when present, else the row '
+                         'order)')
+    prepare.add_argument('--sep', default='auto', help="field separator: "
+                         "auto (default: sniffed from the header), tab, or "
+                         "one character")
+    prepare.add_argument('--min-count', type=_positive_int, default=1,
+                         metavar='K', help='keep users and items with at '
+                         'least K distinct partners, repeatedly (default: '
+                         '1, keep all)')
+    prepare.add_argument('--split', default='loo', help="loo (default) or "
+                         "train,val,test ratios such as 0.8,0.1,0.1")
+
+
+def _add_features(sub) -> None:
+    features = sub.add_parser(
+        'features', help='item text or images -> <NAME>_feat.npy',
+        description='Encode item content into DIR/<NAME>_feat.npy, row i '
+        'for the item with index i in DIR/item2id.json: text (the named '
+        'columns of the ITEMS table joined) with a sentence-transformers '
+        'model, or images <original id>.jpg|.png in --image-dir with an '
+        'image network. Items without content get zero rows (counted). An '
+        'interrupted run continues where it stopped. Needs '
+        "pip install 'pmm_geo[content]'.")
+    features.add_argument('items', metavar='ITEMS', nargs='?', default=None,
+                          help='item table (CSV, TSV, Parquet); for images '
+                          'optional (then every item is looked up)')
+    features.add_argument('--data', required=True, metavar='DIR',
+                          help='the prepared dataset folder')
+    features.add_argument('--modality', required=True, metavar='NAME',
+                          help='modality name, e.g. text or image')
+    content = features.add_mutually_exclusive_group(required=True)
+    content.add_argument('--text-col', action='append', metavar='COL',
+                         help='text column (repeat to join several)')
+    content.add_argument('--image-dir', metavar='DIR',
+                         help='folder of <original id>.jpg|.png images')
+    features.add_argument('--id-col', default='item_id', metavar='COL',
+                          help='original item id column (default: item_id)')
+    features.add_argument('--model', default=None, metavar='NAME_OR_PATH',
+                          help='text: a sentence-transformers or Hugging '
+                          'Face folder or cached name (default: '
+                          'all-MiniLM-L6-v2); images: efficientnet-lite0 '
+                          '(default) or a TorchScript file')
+    features.add_argument('--batch-size', type=_positive_int, default=64,
+                          metavar='N', help='items per batch (default: 64)')
+    features.add_argument('--sep', default='auto', help='separator of ITEMS '
+                          '(default: sniffed)')
+    features.add_argument('--overwrite', action='store_true',
+                          help='replace an existing <NAME>_feat.npy')
+    features.add_argument('--quiet', action='store_true',
+                          help='no progress bar')
+
+
 # ----------------------------------------------------------------------
 # Commands
 
+def _prepare(args) -> int:
+    from pmm_geo.data.prepare import prepare
+    from pmm_geo.data.tables import parse_sep
+
+    if not os.path.exists(args.interactions):
+        raise CommandError(f'INTERACTIONS not found: {args.interactions}')
+    time_col = args.time_col or 'timestamp'
+    result = prepare(args.interactions, args.out, user_col=args.user_col,
+                     item_col=args.item_col, time_col=time_col,
+                     sep=parse_sep(args.sep), min_count=args.min_count,
+                     split=args.split,
+                     time_required=args.time_col is not None)
+    r = result.report
+    print(f"Read {r['read']['interactions']:,} interactions of "
+          f"{r['read']['users']:,} users and {r['read']['items']:,} items "
+          f"({r['format']}) from {args.interactions}")
+    for note in r['notes']:
+        print(f'  note: {note}')
+    if r['options']['min_count'] > 1:
+        print(f"{r['options']['min_count']}-core: kept "
+              f"{r['kept']['interactions']:,} interactions of "
+              f"{r['kept']['users']:,} users and {r['kept']['items']:,} "
+              f'items')
+    sizes = ' / '.join(f"{s} {r['splits'][s]:,}" for s in r['splits'])
+    print(f"Split {r['options']['split']}: {sizes}; merged "
+          f"{r['merged_repeats']:,} repeated train interactions, dropped "
+          f"{r['dropped_heldout_repeats']:,} held-out repeats; "
+          f"{r['train_only_users']:,} users without held-out items")
+    print(f'Wrote {args.out}: train.json val.json test.json user2id.json '
+          f'item2id.json prepare.json')
+    return 0
+
+
+def _features(args) -> int:
+    from pmm_geo.content import ImageEncoder, TextEncoder
+    from pmm_geo.content.features import encode_item_features
+    from pmm_geo.data.tables import parse_sep
+
+    if args.text_col and args.items is None:
+        raise UsageError('--text-col needs ITEMS, the item table')
+    for path, what in ((args.items, 'ITEMS'), (args.data, 'DIR (--data)'),
+                       (args.image_dir, '--image-dir')):
+        if path is not None and not os.path.exists(path):
+            raise CommandError(f'{what} not found: {path}')
+    encoder = (TextEncoder(args.model) if args.text_col else
+               ImageEncoder(args.model))
+    report = encode_item_features(
+        args.data, args.modality, encoder, items=args.items,
+        text_cols=args.text_col, image_dir=args.image_dir,
+        id_col=args.id_col, batch_size=args.batch_size,
+        sep=parse_sep(args.sep), overwrite=args.overwrite,
+        progress=not args.quiet, model_name=encoder.name)
+    resumed = (f'; resumed after {report.resumed_from:,} items'
+               if report.resumed_from else '')
+    print(f'Wrote {report.path}: {report.num_items:,} x {report.dim} '
+          f'({encoder.name}); {report.encoded:,} items encoded, '
+          f'{report.missing:,} without content as zero rows{resumed}')
+    if report.unknown:
+        print(f'  note: {report.unknown:,} ids of the input are not items of '
+              f'{args.data} (ignored)')
+    if report.unreadable:
+        print(f'  note: {len(report.unreadable):,} unreadable images as zero '
+              f'rows, e.g. {report.unreadable[0]}')
+    return 0
+
+
 def _train(args) -> int:
-    from pmm_geo.data.readers import read_promptmm
+    from pmm_geo.data.readers import read_dataset
     from pmm_geo.train import RunDir, Trainer, TrainConfig, set_threads
 
     if not os.path.isdir(args.data_dir):
         raise CommandError(f'DATA_DIR not found: {args.data_dir}')
     overrides = {key: getattr(args, key) for key in ('model', 'teacher',
-                                                     'seed', 'epochs')
+                                                     'seed', 'epochs', 'ks')
                  if getattr(args, key) is not None}
+    if 'ks' in overrides:
+        overrides['ks'] = tuple(overrides['ks'])
+    data = read_dataset(args.data_dir, args.format)
     if args.resume:
-        run = RunDir(args.out)
-        if not os.path.isfile(run.file(RunDir.CONFIG)):
-            raise CommandError(f'nothing to resume in {run.path} (no '
-                               f'{RunDir.CONFIG})')
-        config = run.read_config()
-        given = (TrainConfig.from_json(args.config).to_dict()
-                 if args.config else {})
-        given.update(overrides)
-        saved = config.to_dict()
-        differ = [k for k, v in given.items() if v != saved[k]]
-        if differ:
-            raise CommandError(
-                f'--resume continues the run with its own config.json, '
-                f'but the given {", ".join(differ)} '
-                f'{"differs" if len(differ) == 1 else "differ"} from it '
-                f'(drop those options, or start a new run with another '
-                f'--out)')
+        config = _resume_config(RunDir(args.out), data, args, overrides)
     else:
         config = (TrainConfig.from_json(args.config) if args.config
                   else TrainConfig())
         if overrides:
             config = config.replace(**overrides)
     set_threads(args.threads)
-    data = read_promptmm(args.data_dir)
     trainer = Trainer(data, config, run_dir=args.out, quiet=args.quiet)
     results = trainer.fit(resume=args.resume)
     if not args.quiet:
         print(format_metrics(results))
         print(f'Run saved in {args.out}')
     return 0
+
+
+def _resume_config(run, data, args, overrides):
+    r"""The config of the run to resume: its data fingerprint is checked
+    first (other data is the more fundamental mistake), then the given
+    options against its :obj:`config.json`."""
+    from pmm_geo.train import RunDir, TrainConfig
+    from pmm_geo.train.checkpoint import (
+        check_fingerprint,
+        data_fingerprint,
+        load_checkpoint,
+    )
+
+    if not os.path.isfile(run.file(RunDir.CONFIG)):
+        raise CommandError(f'nothing to resume in {run.path} (no '
+                           f'{RunDir.CONFIG})')
+    state = run.file(RunDir.STATE)
+    if os.path.isfile(state):
+        check_fingerprint(load_checkpoint(state, what='training state'),
+                          data_fingerprint(data), state)
+    config = run.read_config()
+    given = (TrainConfig.from_json(args.config).to_dict()
+             if args.config else {})
+    given.update({k: list(v) if k == 'ks' else v
+                  for k, v in overrides.items()})
+    saved = config.to_dict()
+    differ = [k for k, v in given.items() if v != saved[k]]
+    if differ:
+        raise CommandError(
+            f'--resume continues the run with its own config.json, '
+            f'but the given {", ".join(differ)} '
+            f'{"differs" if len(differ) == 1 else "differ"} from it '
+            f'(drop those options, or start a new run with another '
+            f'--out)')
+    return config
 
 
 def _evaluate(args) -> int:
@@ -215,7 +412,8 @@ def format_metrics(metrics: Dict[str, Dict[str, Any]],
     return '\n'.join(lines)
 
 
-COMMANDS = {'train': _train, 'evaluate': _evaluate, 'recommend': _recommend}
+COMMANDS = {'prepare': _prepare, 'features': _features, 'train': _train,
+            'evaluate': _evaluate, 'recommend': _recommend}
 
 
 def _one_line(error: BaseException) -> str:
@@ -237,30 +435,73 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _main(argv)
 
 
-def _main(argv: Optional[Sequence[str]]) -> int:
-    from pmm_geo.data import DataFormatError
-    from pmm_geo.train import CheckpointError, ConfigError
+class _sigterm_as_interrupt:
+    r"""Within the block, SIGTERM raises :class:`Terminated` (main thread
+    only: signal handlers cannot be set from others)."""
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
 
+    @staticmethod
+    def _raise(signum, frame):
+        raise Terminated()
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
+def _user_errors() -> tuple:
+    r"""The exceptions that are the user's input or environment (reported as
+    one line), as opposed to bugs (tracebacks)."""
+    from pmm_geo.content.text import ModelLoadError
+    from pmm_geo.data import DataFormatError
+    from pmm_geo.data.tables import MissingExtraError
+    from pmm_geo.train import CheckpointError, ConfigError
+    return (CommandError, ConfigError, CheckpointError, DataFormatError,
+            MissingExtraError, ModelLoadError, ValueError, OSError,
+            FloatingPointError)
+
+
+def run_guarded(run: Callable[[], int], prog: str,
+                hint: str = '') -> int:
+    r"""Runs :obj:`run()` as :obj:`pmm-geo` runs a command: an error of the
+    input is one line on stderr and status 1; Ctrl-C and SIGTERM print
+    one line (plus :obj:`hint`) and give status 130 or 143. Scripts use it
+    as :obj:`sys.exit(run_guarded(lambda: main(), 'my_script.py'))`."""
+    try:
+        with _sigterm_as_interrupt():
+            return run()
+    except KeyboardInterrupt as error:
+        terminated = isinstance(error, Terminated)
+        print(f'{prog}: {"terminated" if terminated else "interrupted"}'
+              f'{hint}', file=sys.stderr)
+        return TERMINATED if terminated else INTERRUPTED
+    except UsageError as error:
+        print(f'{prog}: error: {_one_line(error)} (see {prog} --help)',
+              file=sys.stderr)
+        return USAGE_ERROR
+    except _user_errors() as error:
+        message = _one_line(error)
+        if not message.startswith(PROG):
+            message = f'{prog}: error: {message}'
+        print(message, file=sys.stderr)
+        return ERROR
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except CommandError as error:
         print(_one_line(error), file=sys.stderr)
         return USAGE_ERROR
-    try:
-        return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print(f'{PROG}: interrupted' + (
-            '; continue with --resume' if args.command == 'train' else ''),
-            file=sys.stderr)
-        return INTERRUPTED
-    except (CommandError, ConfigError, CheckpointError, DataFormatError,
-            ValueError, OSError, FloatingPointError) as error:
-        message = _one_line(error)
-        if not message.startswith(PROG):
-            message = f'{PROG} {args.command}: error: {message}'
-        print(message, file=sys.stderr)
-        return ERROR
+    hint = {'train': '; continue with --resume',
+            'features': '; run it again to continue'}
+    return run_guarded(lambda: COMMANDS[args.command](args),
+                       f'{PROG} {args.command}', hint.get(args.command, ''))
 
 
 if __name__ == '__main__':  # pragma: no cover

@@ -168,8 +168,24 @@ def test_resume_on_other_data_fails_clearly(tmp_path, interrupt_after):
     # A second run cannot overwrite the first by accident.
     with pytest.raises(CheckpointError, match='already holds a run'):
         Trainer(small_data(), config, run_dir=tmp_path, quiet=True).fit()
-    with pytest.raises(ConfigError, match='cut-off 50 exceeds'):
-        Trainer(small_data(num_items=40), config)
+    with pytest.raises(ConfigError, match='cut-off 100 exceeds'):
+        Trainer(small_data(num_items=40), config.replace(ks=(20, 100)))
+    # The default cut-offs fit themselves to a small catalogue.
+    with pytest.warns(UserWarning, match='cut-off.s. 50 exceed the 40 '
+                      'items: reporting @10, @20, selecting on recall@20'):
+        assert Trainer(small_data(num_items=40), config).ks == (10, 20)
     with pytest.raises(CheckpointError, match='nothing to resume'):
         Trainer(small_data(), config, run_dir=tmp_path / 'new',
                 quiet=True).fit(resume=True)
+
+
+def test_fit_ks_to_the_catalogue():
+    from pmm_geo.train.engine import fit_ks
+    assert fit_ks((10, 20, 50), 1000) == ((10, 20, 50), 'recall@20')
+    with pytest.warns(UserWarning, match='20, 50 exceed the 15 items: '
+                      'reporting @10, selecting on recall@10'):
+        assert fit_ks((10, 20, 50), 15) == ((10, ), 'recall@10')
+    with pytest.warns(UserWarning, match='selecting on recall@5'):
+        assert fit_ks((10, 20, 50), 5) == ((5, ), 'recall@5')
+    with pytest.raises(ConfigError, match='cut-off 30 exceeds'):
+        fit_ks((20, 30), 25)

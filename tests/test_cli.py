@@ -202,3 +202,97 @@ def test_threads_option_sets_torch_threads(dataset, config_file, tmp_path,
                        'spin); use 2']
     finally:
         torch.set_num_threads(before)
+
+
+# Rough edges ##################################################################
+
+
+def test_sigterm_stops_like_ctrl_c(dataset, tmp_path, capsys):
+    import signal
+    import time
+    config = tmp_path / 'long.json'
+    config.write_text(json.dumps({
+        'epochs': 60, 'batch_size': 64, 'embedding_dim': 8,
+        'student_dim': 8, 'num_layers': 1, 'student_layers': 1,
+        'patience': 60}))
+    run_dir = tmp_path / 'run'
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'pmm_geo', 'train', str(dataset[0]), '--out',
+         str(run_dir), '--model', 'lightgcn', '--config', str(config),
+         '--quiet', '--threads', '1'], stderr=subprocess.PIPE, text=True)
+    log = run_dir / 'log.jsonl'
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not (
+            log.is_file() and '"epoch"' in log.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == (
+        'pmm-geo train: terminated; continue with --resume')
+    # And it resumes (from the last saved epoch, or from the start when the
+    # signal came before the first was saved).
+    code = main(['train', str(dataset[0]), '--out', str(run_dir),
+                 '--resume', '--quiet'])
+    assert code == 0, capsys.readouterr().err
+    assert (run_dir / 'metrics.json').is_file()
+
+
+def test_resume_checks_the_data_before_the_config(trained_run, tmp_path,
+                                                  capsys):
+    other = synthetic(num_users=NUM_USERS, num_items=NUM_ITEMS,
+                      num_interactions=1400, modalities={'image': 12,
+                                                         'text': 6}, seed=5)
+    other_dir = write_promptmm_folder(tmp_path / 'other', other)
+    err = run_bad(['train', str(other_dir), '--out', str(trained_run),
+                   '--resume', '--seed', '2'], capsys)
+    assert 'trained on different data' in err and 'seed' not in err
+
+
+def test_run_files_follow_the_umask(trained_run, tmp_path):
+    from pmm_geo.train.checkpoint import atomic_write_text, save_checkpoint
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ('config.json', 'metrics.json', 'log.jsonl', 'student.pt',
+                 'teacher.pt', 'train_state.pt'):
+        assert (trained_run / name).stat().st_mode & 0o777 == \
+            0o666 & ~umask, name
+    for mask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        old = os.umask(mask)
+        try:
+            atomic_write_text(str(tmp_path / f'{mask}.json'), '{}')
+            save_checkpoint({'x': 1}, str(tmp_path / f'{mask}.pt'))
+        finally:
+            os.umask(old)
+        for suffix in ('json', 'pt'):
+            assert (tmp_path / f'{mask}.{suffix}').stat().st_mode & 0o777 \
+                == mode
+
+
+@pytest.mark.parametrize('script,option', [
+    ('train_electronics.py', '--root'),
+    ('distill_into_pyg_lightgcn.py', '--data')])
+def test_examples_report_a_bad_path_in_one_line(script, option, tmp_path):
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / 'examples' / script
+    result = subprocess.run([sys.executable, str(path), option,
+                             str(tmp_path / 'nope')], capture_output=True,
+                            text=True, timeout=300,
+                            env={**os.environ, 'PYTHONPATH': str(
+                                path.parents[1])})
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"{script}: error: {tmp_path / 'nope'}: field 'root': dataset "
+        f"folder '{tmp_path / 'nope'}' does not exist")
+
+
+def test_no_sparse_beta_warning(synthetic_data):
+    import warnings
+
+    from pmm_geo.nn import LightGCNStudent
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        for layout in ('edge_index_fused', 'csr'):
+            student = LightGCNStudent(120, 80, 8, layout=layout)
+            user, item = student.get_embedding(synthetic_data)
+            (user.sum() + item.sum()).backward()

@@ -17,13 +17,34 @@ from .hetero import (
     modalities,
     split_edge_index,
 )
-from .readers import read_mmrec, read_promptmm, write_mmrec, write_promptmm
+from .readers import (
+    detect_format,
+    read_dataset,
+    read_mmrec,
+    read_promptmm,
+    write_mmrec,
+    write_promptmm,
+)
+from .prepare import (
+    chronological_split,
+    k_core,
+    prepare,
+    read_id_map,
+    read_interactions,
+)
 from .synthetic import (ELECTRONICS, SyntheticFactors, synthetic,
                         synthetic_electronics)
 
 __all__ = [
     'read_promptmm',
     'read_mmrec',
+    'read_dataset',
+    'detect_format',
+    'prepare',
+    'read_interactions',
+    'k_core',
+    'chronological_split',
+    'read_id_map',
     'write_promptmm',
     'write_mmrec',
     'synthetic',

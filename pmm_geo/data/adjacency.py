@@ -183,7 +183,8 @@ def adjacency_view(src: Tensor, dst: Tensor, weight: Tensor,
         adj_t = torch.sparse_coo_tensor(torch.stack([dst, src]), weight,
                                         (size[1], size[0]),
                                         check_invariants=False)
-        return AdjacencyView(adj_t.coalesce().to_sparse_csr(), None, None)
+        from pmm_geo.nn._sparse import to_csr
+        return AdjacencyView(to_csr(adj_t.coalesce()), None, None)
 
     if not WITH_TORCH_SPARSE:
         raise ImportError("The 'sparse_tensor' layout needs torch-sparse "

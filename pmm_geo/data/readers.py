@@ -18,7 +18,7 @@ import os
 import os.path as osp
 from glob import escape, glob
 from itertools import chain
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from torch_geometric.data import HeteroData
@@ -130,6 +130,70 @@ def read_mmrec(root: PathLike, name: str) -> HeteroData:
                        sources=sources)
 
 
+#: The on-disk formats :func:`read_dataset` tells apart.
+FORMATS = ('auto', 'promptmm', 'mmrec')
+
+
+def detect_format(root: PathLike) -> Tuple[str, Optional[str]]:
+    r"""Tells the format of a dataset folder: :obj:`('promptmm', None)` when
+    it holds :obj:`train.json`, :obj:`('mmrec', name)` when it holds one
+    :obj:`<name>.inter` with an :obj:`x_label` column.
+
+    Raises:
+        DataFormatError: When it is neither, with a hint at what to do
+            (:obj:`pmm-geo prepare` turns raw interactions into a folder).
+    """
+    root = _check_folder(root)
+    if osp.isfile(osp.join(root, 'train.json')):
+        return 'promptmm', None
+    inter = sorted(glob(osp.join(escape(root), '*.inter')))
+    prepare = ("; to build a dataset folder from raw interactions (CSV, "
+               "TSV, Parquet, RecBole .inter), run 'pmm-geo prepare "
+               "INTERACTIONS --out DIR'")
+    if not inter:
+        raise DataFormatError(root, 'format', f"no train.json (PromptMM / "
+                              f"LATTICE format) and no <name>.inter (MMRec "
+                              f"format) in '{root}'{prepare}")
+    if len(inter) > 1:
+        names = [osp.basename(p) for p in inter]
+        raise DataFormatError(root, 'format', f'no train.json and several '
+                              f'.inter files {names}: keep the MMRec one'
+                              f'{prepare}')
+    with open(inter[0], 'r', encoding='utf-8', errors='replace') as f:
+        header = [c.strip().split(':')[0] for c in f.readline().split('\t')]
+    if 'x_label' not in header:
+        raise DataFormatError(inter[0], 'x_label', f'no train.json, and '
+                              f'{osp.basename(inter[0])} has no x_label '
+                              f'column, so it is not an MMRec split'
+                              f'{prepare}')
+    return 'mmrec', osp.basename(inter[0])[:-len('.inter')]
+
+
+def read_dataset(root: PathLike, format: str = 'auto',
+                 name: Optional[str] = None) -> HeteroData:
+    r"""Reads a dataset folder in either format: :func:`read_promptmm` or
+    :func:`read_mmrec` (with :obj:`format='auto'`, told apart by
+    :func:`detect_format`).
+
+    Args:
+        root (str or os.PathLike): The dataset folder.
+        format (str): :obj:`"auto"`, :obj:`"promptmm"` or :obj:`"mmrec"`.
+            (default: :obj:`"auto"`)
+        name (str, optional): MMRec only: the stem of the :obj:`.inter`
+            file (default: the folder's only :obj:`.inter` file).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got '{format}'")
+    if format == 'promptmm':
+        return read_promptmm(root)
+    if format == 'auto' or name is None:
+        found, detected = detect_format(root)
+        if format == 'auto' and found == 'promptmm':
+            return read_promptmm(root)
+        name = name or detected
+    return read_mmrec(root, name)
+
+
 def write_promptmm(data: HeteroData, root: PathLike) -> None:
     r"""Writes :obj:`data` in the format :func:`read_promptmm` reads:
     :obj:`train.json`, :obj:`val.json`, :obj:`test.json` (every user a key,
@@ -203,9 +267,14 @@ def _read_json_split(path: str,
     r"""Returns the (user, item) arrays of one JSON split and the largest
     user key (users with empty lists count)."""
     if not osp.isfile(path):
+        root = osp.dirname(path)
+        hint = (" (this folder holds a .inter file: read it with "
+                "read_mmrec / 'pmm-geo train --format mmrec')"
+                if glob(osp.join(escape(root), '*.inter')) else
+                " (from raw interactions, 'pmm-geo prepare' writes them)")
         raise DataFormatError(path, split, f"missing file '{path}' (the "
                               f"format has train.json, val.json and "
-                              f"test.json)")
+                              f"test.json){hint}")
     try:
         with open(path, 'r', encoding='utf-8') as f:
             obj = json.load(f, object_pairs_hook=_unique_keys(path))

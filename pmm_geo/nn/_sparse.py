@@ -1,6 +1,29 @@
 r"""Sparse-dense products shared by the propagation layers and LATTICE."""
+import warnings
+from typing import Tuple
+
 import torch
 from torch import Tensor
+
+
+def csr_tensor(crow: Tensor, col: Tensor, value: Tensor,
+               size: Tuple[int, int]) -> Tensor:
+    r"""A :obj:`torch.sparse_csr` tensor from trusted (already sorted)
+    indices, without torch's "sparse CSR support is in beta" notice: the
+    CSR path is our choice, and tested against the dense products."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Sparse CSR tensor '
+                                'support is in beta')
+        return torch.sparse_csr_tensor(crow, col, value, size=size,
+                                       check_invariants=False)
+
+
+def to_csr(adj: Tensor) -> Tensor:
+    r""":obj:`adj.to_sparse_csr()` without torch's beta notice."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Sparse CSR tensor '
+                                'support is in beta')
+        return adj.to_sparse_csr()
 
 
 def sparse_mm(adj: Tensor, x: Tensor) -> Tensor:

@@ -17,6 +17,22 @@ class CheckpointError(RuntimeError):
     version, or was trained on different data."""
 
 
+def _new_file_mode() -> int:
+    r"""The mode :func:`open` gives a new file: :obj:`0o666` less the
+    umask (read from /proc on Linux; setting and restoring the umask
+    elsewhere)."""
+    try:
+        with open('/proc/self/status', encoding='ascii') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write(path: str, write) -> None:
     # A temporary file in the same directory, then os.replace: a reader (or a
     # run killed mid-write) sees either the old file or the new one, never a
@@ -28,6 +44,8 @@ def _atomic_write(path: str, write) -> None:
                                prefix=f'.{os.path.basename(path)}.',
                                suffix='.tmp')
     try:
+        if hasattr(os, 'fchmod'):  # mkstemp makes 0600: use the umask.
+            os.fchmod(fd, _new_file_mode())
         with os.fdopen(fd, 'wb') as f:
             write(f)
             f.flush()

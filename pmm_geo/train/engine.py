@@ -58,6 +58,30 @@ def _resolve_batching(config: TrainConfig, num_edges: int) -> str:
 EpochHook = Callable[[str, Dict[str, Any]], Optional[bool]]
 
 
+def fit_ks(ks, num_items: int):
+    r"""The metric cut-offs for a catalogue of :obj:`num_items` items, and
+    the metric that selects the epoch.
+
+    The default cut-offs that exceed the catalogue are dropped with a
+    one-line warning (with none left, the catalogue size is the cut-off);
+    cut-offs set by the user that exceed it are a :class:`ConfigError`.
+    The epoch is selected on :obj:`recall@20`, or, when 20 does not fit,
+    on Recall at the largest cut-off that does."""
+    default = TrainConfig.__dataclass_fields__['ks'].default
+    too_big = [k for k in ks if k > num_items]
+    if too_big and tuple(ks) != tuple(default):
+        raise ConfigError(f"'ks': cut-off {max(too_big)} exceeds the number "
+                          f'of items ({num_items}); set smaller ks')
+    fit = tuple(k for k in ks if k <= num_items) or (num_items, )
+    select = 'recall@20' if 20 in fit else f'recall@{max(fit)}'
+    if too_big:
+        warnings.warn(f"metric cut-off(s) {', '.join(map(str, too_big))} "
+                      f'exceed the {num_items} items: reporting '
+                      f"@{', @'.join(map(str, fit))}, selecting on {select}",
+                      stacklevel=3)
+    return fit, select
+
+
 class TrainingInterrupted(RuntimeError):
     r"""Raised to abort :meth:`Trainer.fit` between two epochs (e.g. by an
     :obj:`on_epoch_end` hook); the run continues with
@@ -266,10 +290,8 @@ class Trainer:
                                  f'model selection needs a validation split '
                                  f'and the report a test split')
         num_items = data['item'].num_nodes
-        if max(self.config.ks) > num_items:
-            raise ConfigError(f"'ks': cut-off {max(self.config.ks)} exceeds "
-                              f'the number of items ({num_items}); set '
-                              f'smaller ks in the config')
+        #: The metric cut-offs (:func:`fit_ks`) and the selecting metric.
+        self.ks, self.select_metric = fit_ks(self.config.ks, num_items)
         if get_model(self.config.model).needs_features and \
                 not modalities(data):
             raise ValueError(f"model '{self.config.model}' reads item "
@@ -350,6 +372,15 @@ class Trainer:
             raise ValueError('resume=True needs a run_dir')
         path = self.run.file(RunDir.STATE)
         if not os.path.isfile(path):
+            if os.path.isfile(self.run.file(RunDir.CONFIG)) and \
+                    not self.run.has_run():
+                # Stopped before the first epoch was saved: start over.
+                if self.run.read_config() != self.config:
+                    raise ConfigError(f'{self.run.file(RunDir.CONFIG)}: the '
+                                      f'run was started with another config')
+                self.logger.message('No epoch was saved yet: starting the '
+                                    'run over')
+                return self._start_run()
             raise CheckpointError(f'nothing to resume in {self.run.path} '
                                   f'(no {RunDir.STATE})')
         state = load_checkpoint(path, what='training state')
@@ -396,11 +427,12 @@ class Trainer:
     def _run_stage(self, stage: Stage, state: Optional[Dict[str, Any]]):
         cfg = self.config
         optimizer = stage.optimizer()
-        stopper = EarlyStopping(cfg.patience)
+        stopper = EarlyStopping(cfg.patience, self.select_metric)
         epoch, elapsed = 0, 0.0
         if state is not None:
             optimizer.load_state_dict(state['optimizer'])
-            stopper = EarlyStopping(cfg.patience, best=state['best'],
+            stopper = EarlyStopping(cfg.patience, self.select_metric,
+                                    best=state['best'],
                                     bad_evals=state['bad_evals'])
             epoch, elapsed = state['epoch'], state['elapsed']
             _set_rng_state(state['rng'], self.generator)
@@ -443,7 +475,7 @@ class Trainer:
                   stopper: EarlyStopping) -> Dict[str, float]:
         user_emb, item_emb = stage.embeddings()
         val = evaluate(user_emb, item_emb, self.data, 'val',
-                       ks=self.config.ks)
+                       ks=self.ks)
         stopper.update(epoch, val, stage.modules)
         return val
 
@@ -480,7 +512,7 @@ class Trainer:
         stage.after_load()
         user_emb, item_emb = stage.embeddings()
         test = evaluate(user_emb, item_emb, self.data, 'test',
-                        ks=self.config.ks)
+                        ks=self.ks)
         result = {'val': best['val'], 'test': test, 'epochs': epochs,
                   'best_epoch': best['epoch'],
                   'train_seconds': round(elapsed, 3),
@@ -489,8 +521,10 @@ class Trainer:
         self.logger.log(event='test', stage=stage.name, **result)
         self.logger.message(
             f"[{stage.name}] selected epoch {best['epoch']} (validation "
-            f"{SELECT_METRIC} {best['score']:.4f}); test recall@20 "
-            f"{test['recall@20']:.4f} ndcg@20 {test['ndcg@20']:.4f}; "
+            f"{self.select_metric} {best['score']:.4f}); test "
+            f"{self.select_metric} {test[self.select_metric]:.4f} "
+            f"ndcg{self.select_metric[6:]} "
+            f"{test['ndcg' + self.select_metric[6:]]:.4f}; "
             f'{elapsed:.1f}s')
         self._export(stage, user_emb, item_emb, result)
         self._save_state(stage, epochs, optimizer, stopper, elapsed,
@@ -524,4 +558,4 @@ class Trainer:
         self.logger.log(event='done', results=self.results)
 
 
-__all__ = ['Trainer', 'TrainingInterrupted', 'SELECT_METRIC']
+__all__ = ['Trainer', 'TrainingInterrupted', 'SELECT_METRIC', 'fit_ks']

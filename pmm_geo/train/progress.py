@@ -72,7 +72,7 @@ class ProgressLogger:
                  best_epoch=best_epoch, seconds=round(seconds, 3))
         mark = ' *' if best_epoch == epoch else ''
         self.message(f'[{stage}] epoch {epoch:4d}  val {_fmt_metrics(val)}  '
-                     f'(best recall@20 {best_score:.4f} at epoch '
+                     f'(best {_select_key(val)} {best_score:.4f} at epoch '
                      f'{best_epoch})  {seconds:7.1f}s{mark}')
 
 
@@ -119,6 +119,14 @@ class EpochProgress:
         return {k: v / max(self.steps, 1) for k, v in self.parts.items()}
 
 
+def _select_key(val: Dict[str, float]) -> str:
+    # Recall@20 unless the catalogue is smaller (see `fit_ks`).
+    if 'recall@20' in val:
+        return 'recall@20'
+    return max((k for k in val if k.startswith('recall@')),
+               key=lambda k: int(k[7:]))
+
+
 def plot_curves(history: List[Dict[str, Any]], path: str) -> Optional[str]:
     r"""Draws the training loss and the validation Recall@20 per stage into
     :obj:`path` (PNG). Returns :obj:`path`, or :obj:`None` when matplotlib
@@ -140,10 +148,12 @@ def plot_curves(history: List[Dict[str, Any]], path: str) -> Optional[str]:
             axes[0].plot([r['epoch'] for r in epochs],
                          [r['loss'] for r in epochs], label=stage)
         if evals:
+            metric = _select_key(evals[0]['val'])
             axes[1].plot([r['epoch'] for r in evals],
-                         [r['val']['recall@20'] for r in evals], label=stage)
+                         [r['val'][metric] for r in evals], label=stage)
+            axes[1].set(title=f'validation {metric}')
     axes[0].set(title='training loss', xlabel='epoch', yscale='log')
-    axes[1].set(title='validation Recall@20', xlabel='epoch')
+    axes[1].set(xlabel='epoch')
     for ax in axes:
         ax.grid(alpha=.3)
         ax.legend()

@@ -7,7 +7,7 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import Adj, OptPairTensor, OptTensor
 from torch_geometric.utils import scatter, spmm
 
-from pmm_geo.nn._sparse import sparse_mm
+from pmm_geo.nn._sparse import csr_tensor, sparse_mm
 
 
 class _EdgeIndexSpMM(torch.autograd.Function):
@@ -21,9 +21,9 @@ class _EdgeIndexSpMM(torch.autograd.Function):
                 value: Tensor) -> Tensor:
         num_src, num_dst = edge_index.sparse_size()
         (colptr, row), perm = edge_index.get_csc()
-        adj_t = torch.sparse_csr_tensor(
-            colptr, row, value if perm is None else value[perm],
-            size=(num_dst, num_src), check_invariants=False)
+        adj_t = csr_tensor(colptr, row,
+                           value if perm is None else value[perm],
+                           (num_dst, num_src))
         ctx.edge_index = edge_index
         ctx.save_for_backward(value)
         return sparse_mm(adj_t, x)
@@ -34,9 +34,8 @@ class _EdgeIndexSpMM(torch.autograd.Function):
         value, = ctx.saved_tensors
         num_src, num_dst = edge_index.sparse_size()
         (rowptr, col), perm = edge_index.get_csr()
-        adj = torch.sparse_csr_tensor(
-            rowptr, col, value if perm is None else value[perm],
-            size=(num_src, num_dst), check_invariants=False)
+        adj = csr_tensor(rowptr, col, value if perm is None else value[perm],
+                         (num_src, num_dst))
         return None, sparse_mm(adj, grad_out), None
 
 

@@ -1,4 +1,3 @@
-import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -9,7 +8,7 @@ from torch_geometric.index import index2ptr
 from torch_geometric.utils import coalesce
 
 from pmm_geo.data.adjacency import LAYOUTS, as_adjacency
-from pmm_geo.nn._sparse import sparse_mm
+from pmm_geo.nn._sparse import csr_tensor, sparse_mm
 from pmm_geo.nn.conv import BipartiteConv
 from pmm_geo.nn.functional import lightgcn_propagate
 from pmm_geo.nn.models._args import init_args
@@ -26,11 +25,8 @@ ItemGraph = Tuple[Tensor, Tensor]  # (edge_index [2, E] row-sorted, weight [E])
 
 
 def _csr(row: Tensor, col: Tensor, value: Tensor, num_nodes: int) -> Tensor:
-    with warnings.catch_warnings():  # "Sparse CSR support is in beta".
-        warnings.simplefilter('ignore', UserWarning)
-        return torch.sparse_csr_tensor(index2ptr(row, num_nodes), col, value,
-                                       size=(num_nodes, num_nodes),
-                                       check_invariants=False)
+    return csr_tensor(index2ptr(row, num_nodes), col, value,
+                      (num_nodes, num_nodes))
 
 
 class _ItemGraphMatmul(torch.autograd.Function):
