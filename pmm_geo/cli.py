@@ -13,7 +13,8 @@ r"""The :obj:`pmm-geo` command line (also :obj:`python -m pmm_geo`).
         [--seed N] [--epochs N] [--ks K ...] [--config FILE] [--resume]
         [--quiet] [--threads N] [--format auto|promptmm|mmrec]
     pmm-geo evaluate RUN_DIR [--json]
-    pmm-geo recommend RUN_DIR --users 0 1 2 [-k 20]
+    pmm-geo recommend RUN_DIR --users USER [USER ...] [-k 20]
+        [--format text|json] [--scores] [--no-exclude-seen]
 
 Bad input gives a one-line error on stderr and exit status 2 for a usage
 error, 1 for bad data or any other error. Ctrl-C (SIGINT) and SIGTERM stop
@@ -23,6 +24,7 @@ the same way: one line (for :obj:`train`, with the hint to continue with
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -139,13 +141,26 @@ def build_parser() -> argparse.ArgumentParser:
     recommend = sub.add_parser(
         'recommend', help='top-k unseen items for some users',
         description='Top-k items each user has not interacted with in '
-        'training, from the saved served model alone (the student for '
-        'promptmm): no data directory, features or teacher are read.')
+        'training, with their scores, from the saved served model alone '
+        '(the student for promptmm): no data directory, features or '
+        'teacher are read. When the run was trained on a folder made by '
+        'pmm-geo prepare, users and items are original ids.')
     recommend.add_argument('run_dir', metavar='RUN_DIR')
-    recommend.add_argument('--users', type=_int, nargs='+', required=True,
-                           metavar='USER')
+    recommend.add_argument('--users', nargs='+', required=True,
+                           metavar='USER', help='original user ids (with '
+                           'the id maps), else indices')
     recommend.add_argument('-k', type=_int, default=20,
                            help='items per user (default: 20)')
+    recommend.add_argument('--format', choices=('text', 'json'),
+                           default='text', help='text: one line per user '
+                           '(default); json: a list of {"user", "items", '
+                           '"scores"}')
+    recommend.add_argument('--scores', action='store_true',
+                           help='text: each item followed by its score')
+    recommend.add_argument('--exclude-seen', default=True,
+                           action=argparse.BooleanOptionalAction,
+                           help="leave out the user's train items (default: "
+                           "on)")
     return parser
 
 
@@ -315,10 +330,30 @@ def _train(args) -> int:
     set_threads(args.threads)
     trainer = Trainer(data, config, run_dir=args.out, quiet=args.quiet)
     results = trainer.fit(resume=args.resume)
+    _copy_id_maps(args.data_dir, args.out, data)
     if not args.quiet:
         print(format_metrics(results))
         print(f'Run saved in {args.out}')
     return 0
+
+
+def _copy_id_maps(data_dir: str, run_dir: str, data) -> None:
+    r"""Copies the dataset's :obj:`user2id.json` / :obj:`item2id.json`
+    (from :obj:`pmm-geo prepare`) into the run, so that serving speaks
+    original ids without the data folder."""
+    from pmm_geo.data import DataFormatError
+    from pmm_geo.data.prepare import ITEM_MAP, USER_MAP, read_id_map
+    for name, node in ((USER_MAP, 'user'), (ITEM_MAP, 'item')):
+        mapping = read_id_map(data_dir, name, required=False)
+        if mapping is None:
+            continue
+        if len(mapping) != data[node].num_nodes:
+            raise DataFormatError(os.path.join(data_dir, name), name,
+                                  f'{len(mapping)} ids, but the data has '
+                                  f'{data[node].num_nodes} {node}s')
+        os.makedirs(run_dir, exist_ok=True)
+        shutil.copyfile(os.path.join(data_dir, name),
+                        os.path.join(run_dir, name))
 
 
 def _resume_config(run, data, args, overrides):
@@ -369,8 +404,6 @@ def _evaluate(args) -> int:
 
 
 def _recommend(args) -> int:
-    import torch
-
     from pmm_geo.train import load_recommender
 
     if args.k < 1:
@@ -378,10 +411,15 @@ def _recommend(args) -> int:
     if not os.path.isdir(args.run_dir):
         raise CommandError(f'RUN_DIR not found: {args.run_dir}')
     recommender = load_recommender(args.run_dir)
-    users = torch.tensor(args.users, dtype=torch.long)
-    top = recommender.recommend(users, args.k)
-    for user, items in zip(args.users, top.tolist()):
-        print(f'user {user}: ' + ' '.join(str(i) for i in items if i >= 0))
+    rows = recommender.recommend_ids(args.users, args.k, args.exclude_seen)
+    if args.format == 'json':
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    for row in rows:
+        items = (f'{i} ({s:.4f})' for i, s in zip(row['items'],
+                                                 row['scores'])) \
+            if args.scores else map(str, row['items'])
+        print(f"user {row['user']}: " + ' '.join(items))
     return 0
 
 

@@ -386,3 +386,63 @@ def test_realdata_scientific_from_raw(shared_data, tmp_path):
     prepare(str(raw), tmp_path / 'all')
     for split in ('train', 'val', 'test'):
         assert lists(tmp_path / 'all', split) == lists(out, split)
+
+
+def test_recommend_speaks_original_ids(tmp_path, capsys):
+    from pmm_geo.train import load_recommender
+    rng = np.random.default_rng(1)
+    rows = ['user_id,item_id,timestamp']
+    for u in range(20):
+        for t, i in enumerate(rng.choice(30, size=5, replace=False)):
+            rows.append(f'U{u},I{i},{t}')
+    src = write(tmp_path / 'log.csv', rows)
+    data, run_dir = tmp_path / 'data', tmp_path / 'run'
+    assert main(['prepare', str(src), '--out', str(data)]) == 0
+    config = tmp_path / 'tiny.json'
+    config.write_text(json.dumps({'epochs': 2, 'embedding_dim': 8,
+                                  'student_dim': 8, 'ks': [10, 20]}))
+    assert main(['train', str(data), '--out', str(run_dir), '--model',
+                 'lightgcn', '--config', str(config), '--quiet']) == 0
+    assert (run_dir / 'item2id.json').read_text() == \
+        (data / 'item2id.json').read_text()
+    capsys.readouterr()
+    # JSON: original ids, scores descending, never a train item.
+    code, out, err = run(['recommend', str(run_dir), '--users', 'U3', 'U0',
+                          '-k', '5', '--format', 'json'], capsys)
+    assert code == 0, err
+    rows = json.loads(out)
+    train = by_original(data, 'train')
+    assert [r['user'] for r in rows] == ['U3', 'U0']
+    for row in rows:
+        assert len(row['items']) == 5 and all(i.startswith('I')
+                                              for i in row['items'])
+        assert row['scores'] == sorted(row['scores'], reverse=True)
+        assert not set(row['items']) & set(train[row['user']])
+    # The scores are the served embeddings' dot products.
+    rec = load_recommender(str(run_dir))
+    items = json.loads((data / 'item2id.json').read_text())
+    users = json.loads((data / 'user2id.json').read_text())
+    u = users['U3']
+    expected = [float(rec.user_emb[u] @ rec.item_emb[items[i]])
+                for i in rows[0]['items']]
+    assert rows[0]['scores'] == pytest.approx(expected, rel=1e-5)
+    # --no-exclude-seen ranks over all items: the plain top-k by score.
+    code, out, err = run(['recommend', str(run_dir), '--users', 'U3', '-k',
+                          str(len(items)), '--format', 'json',
+                          '--no-exclude-seen'], capsys)
+    assert code == 0, err
+    full = json.loads(out)[0]
+    assert set(train['U3']) < set(full['items'])
+    scores = rec.user_emb[u] @ rec.item_emb.t()
+    assert full['scores'] == pytest.approx(
+        scores.sort(descending=True).values.tolist(), rel=1e-5)
+    # Text, with scores.
+    code, out, _ = run(['recommend', str(run_dir), '--users', 'U3', '-k',
+                        '2', '--scores'], capsys)
+    first, second = rows[0]['items'][:2]
+    assert out.startswith(f'user U3: {first} (') and f' {second} (' in out
+    code, _, err = run(['recommend', str(run_dir), '--users', '3'], capsys)
+    assert code == 1 and "unknown user '3'" in err
+    code, _, err = run(['recommend', str(run_dir), '--users', 'U3',
+                        '--format', 'xml'], capsys)
+    assert code == 2 and 'invalid choice' in err

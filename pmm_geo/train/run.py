@@ -2,12 +2,12 @@ r"""The layout of a run directory, and serving from a saved run: top-k
 recommendations from the saved student alone (no features, no teacher)."""
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from pmm_geo.ranking import recommend_items
+from pmm_geo.ranking import excluded_links, topk_items
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, TrainConfig
@@ -73,29 +73,94 @@ class RunDir:
 
 class Recommender:
     r"""Top-k recommendation from the final embeddings of a saved model,
-    excluding the items each user interacted with in training.
+    excluding (by default) the items each user interacted with in training;
+    load once with :func:`load_recommender`, then score batches of users.
+
+    With the id maps of a dataset made by :obj:`pmm-geo prepare`
+    (:obj:`user2id.json`, :obj:`item2id.json`, copied into the run
+    directory by :obj:`pmm-geo train`), :meth:`recommend_ids` takes and
+    returns the original ids.
 
     Args:
         user_emb (torch.Tensor): Final user embeddings :obj:`[U, d]`.
         item_emb (torch.Tensor): Final item embeddings :obj:`[I, d]`.
         train_edge_index (torch.Tensor): Train interactions :obj:`[2, E]`.
+        user_ids (list of str, optional): The original id of each user
+            index. (default: :obj:`None`)
+        item_ids (list of str, optional): The original id of each item
+            index. (default: :obj:`None`)
     """
     def __init__(self, user_emb: Tensor, item_emb: Tensor,
-                 train_edge_index: Tensor):
+                 train_edge_index: Tensor,
+                 user_ids: Optional[Sequence[str]] = None,
+                 item_ids: Optional[Sequence[str]] = None):
         self.user_emb, self.item_emb = user_emb, item_emb
         self.train_edge_index = train_edge_index.long()
         self.num_users, self.num_items = user_emb.size(0), item_emb.size(0)
+        self.user_ids = list(user_ids) if user_ids is not None else None
+        self.item_ids = list(item_ids) if item_ids is not None else None
+        self._user_index = ({u: i for i, u in enumerate(self.user_ids)}
+                            if self.user_ids is not None else None)
+
+    def __repr__(self) -> str:
+        ids = ', original ids' if self.user_ids is not None else ''
+        return (f'{self.__class__.__name__}(num_users={self.num_users}, '
+                f'num_items={self.num_items}{ids})')
 
     @torch.no_grad()
-    def recommend(self, users: Tensor, k: int = 20) -> Tensor:
-        r"""Returns :obj:`[len(users), k]` item ids, best first, never a
-        train item of the user (rows padded with :obj:`-1` when a user has
-        fewer than :obj:`k` unseen items)."""
+    def recommend(self, users: Tensor, k: int = 20,
+                  exclude_seen: bool = True, return_scores: bool = False
+                  ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        r"""Returns :obj:`[len(users), k]` item indices, best first (and
+        their scores :math:`\mathbf{e}_u^{\top}\mathbf{e}_i` with
+        :obj:`return_scores=True`). With :obj:`exclude_seen` (default) never
+        a train item of the user; rows are padded with :obj:`-1` (score
+        :obj:`-inf`) when a user has fewer than :obj:`k` unseen items."""
         users = torch.as_tensor(users).long().view(-1)
         check_users(users, self.num_users)
         check_k(k, self.num_items)
-        return recommend_items(self.user_emb, self.item_emb, int(k), users,
-                               self.train_edge_index)
+        exclude = excluded_links(users, self.train_edge_index,
+                                 self.num_users, self.num_items) \
+            if exclude_seen else None
+        scores, items = topk_items(self.user_emb[users], self.item_emb,
+                                   int(k), exclude)
+        items.masked_fill_(scores == float('-inf'), -1)
+        return (items, scores) if return_scores else items
+
+    def user_index(self, users: Sequence) -> Tensor:
+        r"""The indices of :obj:`users`: original ids when the run has
+        :obj:`user2id.json`, else indices (ints or digit strings)."""
+        if self._user_index is None:
+            bad = [u for u in users if not str(u).lstrip('-').isdigit()]
+            if bad:
+                raise ValueError(f'unknown user {bad[0]!r} (this run has no '
+                                 f'user2id.json: users are indices '
+                                 f'0..{self.num_users - 1})')
+            return torch.tensor([int(u) for u in users], dtype=torch.long)
+        missing = [u for u in users if str(u) not in self._user_index]
+        if missing:
+            raise ValueError(f'unknown user {missing[0]!r} (not in the '
+                             f"run's user2id.json)")
+        return torch.tensor([self._user_index[str(u)] for u in users],
+                            dtype=torch.long)
+
+    def recommend_ids(self, users: Sequence, k: int = 20,
+                      exclude_seen: bool = True) -> List[Dict[str, Any]]:
+        r"""Recommends for :obj:`users` given as original ids (or indices
+        without id maps): one :obj:`{"user", "items", "scores"}` per user,
+        best first, items as original ids when the run has
+        :obj:`item2id.json`."""
+        items, scores = self.recommend(self.user_index(users), k,
+                                       exclude_seen, return_scores=True)
+        out = []
+        for user, row, values in zip(users, items.tolist(),
+                                     scores.tolist()):
+            keep = [(i, v) for i, v in zip(row, values) if i >= 0]
+            out.append({'user': user,
+                        'items': [self.item_ids[i] if self.item_ids else i
+                                  for i, _ in keep],
+                        'scores': [v for _, v in keep]})
+        return out
 
 
 def check_users(users: Tensor, num_users: int) -> None:
@@ -200,8 +265,28 @@ def load_recommender(run_dir: str, model: Optional[str] = None
             user_emb, item_emb = _build(ckpt, path).get_embedding(
                 BipartiteAdjacency(edge_index, user_emb.size(0),
                                    item_emb.size(0)))
-    return Recommender(user_emb, item_emb, edge_index)
+    user_ids, item_ids = read_run_id_maps(run_dir, user_emb.size(0),
+                                          item_emb.size(0))
+    return Recommender(user_emb, item_emb, edge_index, user_ids, item_ids)
+
+
+def read_run_id_maps(run_dir: str, num_users: int, num_items: int):
+    r"""The original id of each user and item index, from the
+    :obj:`user2id.json` / :obj:`item2id.json` of :obj:`run_dir` (each
+    :obj:`None` when absent)."""
+    from pmm_geo.data import DataFormatError
+    from pmm_geo.data.prepare import ITEM_MAP, USER_MAP, read_id_map
+    out = []
+    for name, count in ((USER_MAP, num_users), (ITEM_MAP, num_items)):
+        mapping = read_id_map(run_dir, name, required=False)
+        if mapping is not None and len(mapping) != count:
+            raise DataFormatError(os.path.join(run_dir, name), name,
+                                  f'{len(mapping)} ids, but the model has '
+                                  f'{count}')
+        out.append(None if mapping is None else
+                   sorted(mapping, key=mapping.__getitem__))
+    return tuple(out)
 
 
 __all__ = ['RunDir', 'Recommender', 'load_model', 'load_graph',
-           'load_recommender']
+           'load_recommender', 'read_run_id_maps']
