@@ -269,7 +269,8 @@ def _prepare(args) -> int:
     print(f"Split {r['options']['split']}: {sizes}; merged "
           f"{r['merged_repeats']:,} repeated train interactions, dropped "
           f"{r['dropped_heldout_repeats']:,} held-out repeats; "
-          f"{r['train_only_users']:,} users without held-out items")
+          f"{r['train_only_users']:,} users too short to hold out (train "
+          f'only)')
     print(f'Wrote {args.out}: train.json val.json test.json user2id.json '
           f'item2id.json prepare.json')
     return 0
