@@ -242,8 +242,8 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
      r"'soon' on line 2 is neither a number nor an ISO 8601 date"),
     (['user_id,item_id', 'a,b'], {'time_col': 'ts', 'time_required': True},
      r"no column 'ts'"),
-    (['user_id,item_id', 'a,b,c'], {}, r"field 'line 2': 3 fields, but the "
-     r'header has 2'),
+    (['user_id,item_id', 'a,b,c'], {}, r"field 'line 2': 3 ','-separated "
+     r'fields, but the header has 2'),
     (['user_id,item_id'], {}, r"field 'rows': no interactions"),
     ([''], {}, r"field 'header': the file is empty"),
     (['user_id item_id', 'a b'], {}, r'cannot tell the separator'),

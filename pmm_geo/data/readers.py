@@ -31,6 +31,7 @@ from .hetero import (
     modalities,
     split_edge_index,
 )
+from .tables import read_table
 
 FEATURE_SUFFIX = '_feat.npy'
 # Conventional order of the usual modalities; any other name follows,
@@ -355,39 +356,15 @@ _INTER_COLUMNS = ('userID', 'itemID', 'x_label')
 
 def _read_inter(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Returns the userID, itemID and x_label columns of an MMRec
-    :obj:`.inter` file."""
-    if not osp.isfile(path):
-        raise DataFormatError(path, 'file', f"missing file '{path}'")
-    try:
-        with open(path, 'r', encoding='utf-8') as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError as e:
-        raise DataFormatError(path, 'file', f'not UTF-8 text: {e}') from None
-    if not lines:
-        raise DataFormatError(path, 'header', 'the file is empty')
-
-    # RecBole headers carry types, e.g. 'userID:token'.
-    header = [col.strip().split(':')[0] for col in lines[0].split('\t')]
-    columns = {}
+    :obj:`.inter` file (tab-separated; RecBole headers carry types, e.g.
+    :obj:`userID:token`, which :func:`read_table` strips)."""
+    table = read_table(path, sep='\t')
     for col in _INTER_COLUMNS:
-        if col not in header:
+        if not table.has(col):
             raise DataFormatError(path, col, f"missing column '{col}' in "
-                                  f"the tab-separated header {lines[0]!r}")
-        columns[col] = header.index(col)
-
-    line_nos, rows = [], []
-    for line_no, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        fields = line.split('\t')
-        if len(fields) != len(header):
-            raise DataFormatError(path, f'line {line_no}', f'{len(fields)} '
-                                  f'tab-separated fields, but the header '
-                                  f'has {len(header)}: {line!r}')
-        line_nos.append(line_no)
-        rows.append(fields)
-
-    out = [_int_column(path, col, [row[columns[col]] for row in rows],
+                                  f'the tab-separated header {table.header}')
+    line_nos = table.line_nos
+    out = [_int_column(path, col, table.column(col, allow_empty=True),
                        line_nos) for col in _INTER_COLUMNS]
     users, items, labels = out
     bad = ~np.isin(labels, list(_X_LABELS))

@@ -150,9 +150,11 @@ def read_table(path: str, sep: Optional[str] = None,
                 header = fields
                 continue
             if len(fields) != len(header):
+                kind = 'tab-separated ' if sep == '\t' else f'{sep!r}-' \
+                    'separated '
                 raise DataFormatError(path, f'line {line_no}', f'{len(fields)}'
-                                      f' fields, but the header has '
-                                      f'{len(header)} (separator {sep!r})')
+                                      f' {kind}fields, but the header has '
+                                      f'{len(header)}')
             rows.append(fields)
             line_nos.append(line_no)
     except csv.Error as error:
