@@ -221,7 +221,7 @@ def test_beats_ids_only_and_random_when_features_carry_signal():
     # Sparse and cold (about 7 train interactions per user over 800 items):
     # the features say what the graph does not. Measured (seed 0): FREEDOM
     # 0.113, with shuffled feature rows 0.047, LightGCN alone 0.077, random
-    # scores 0.040 (seeds 1, 2: FREEDOM 0.110 / 0.127, LightGCN 0.083 /
+    # scores 0.040 (seeds 1, 2: FREEDOM 0.107 / 0.120, LightGCN 0.083 /
     # 0.067).
     data = synthetic(num_users=300, num_items=800, num_interactions=3000,
                      modalities={'image': 32, 'text': 16},

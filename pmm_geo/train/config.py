@@ -145,10 +145,11 @@ class TrainConfig:
             with equal weights. (default: :obj:`0.1`)
         freedom_prune_ratio (float): Fraction of the user-item edges FREEDOM
             drops each epoch (MMRec's :obj:`dropout`, grid 0.8 / 0.9).
-            Provisional, pending a validation study. (default: :obj:`0.8`)
+            (default: :obj:`0.8`)
         freedom_feature_weight (float): Weight of FREEDOM's feature BPR terms
-            (MMRec's :obj:`reg_weight`, grid 0 / 1e-5 / 1e-4 / 1e-3).
-            Provisional, pending a validation study. (default: :obj:`1e-4`)
+            (MMRec's :obj:`reg_weight`, grid 0 / 1e-5 / 1e-4 / 1e-3). Both
+            are MMRec's grid point with the best validation Recall@20 on
+            Scientific (docs/results.md). (default: :obj:`1e-3`)
         checkpoint_every (int): Write the resumable checkpoint every this
             many epochs (and always at the end of a stage).
             (default: :obj:`1`)
@@ -219,7 +220,7 @@ class TrainConfig:
     freedom_knn_k: int = 10
     freedom_image_weight: float = 0.1
     freedom_prune_ratio: float = 0.8
-    freedom_feature_weight: float = 1e-4
+    freedom_feature_weight: float = 1e-3
     checkpoint_every: int = 1
     batching: str = 'auto'
     fanouts: Tuple[int, ...] = (10, 5)

@@ -97,9 +97,9 @@ class FREEDOM(torch.nn.Module):
     item-graph layer, :math:`k = 10`, image weight 0.1); where MMRec searches
     a grid, :math:`\rho \in \{0.8, 0.9\}` and
     :math:`\mu \in \{0, 10^{-5}, 10^{-4}, 10^{-3}\}`, the defaults
-    :math:`\rho = 0.8`, :math:`\mu = 10^{-4}` are provisional values from
-    inside that grid (select them on validation per dataset). Differences from MMRec, on
-    purpose: the raw features are inputs, not trainable parameters (MMRec
+    :math:`\rho = 0.8`, :math:`\mu = 10^{-3}` are the grid point with the
+    best validation Recall@20 on Amazon Scientific (docs/results.md).
+    Differences from MMRec, on purpose: the raw features are inputs, not trainable parameters (MMRec
     wraps them in :obj:`nn.Embedding.from_pretrained(freeze=False)`), an
     item whose feature row is all zero gets no kNN neighbours in that
     modality (MMRec: NaN), and the pruned edges are drawn by the exponential
@@ -127,7 +127,7 @@ class FREEDOM(torch.nn.Module):
             user-item edges dropped each epoch (MMRec's :obj:`dropout`).
             (default: :obj:`0.8`)
         feature_weight (float, optional): Weight :math:`\mu` of the feature
-            BPR terms (MMRec's :obj:`reg_weight`). (default: :obj:`1e-4`)
+            BPR terms (MMRec's :obj:`reg_weight`). (default: :obj:`1e-3`)
         knn_block_size (int, optional): Query rows per kNN block.
             (default: :obj:`2048`)
         layout (str, optional): Adjacency layout of the propagation.
@@ -150,7 +150,7 @@ class FREEDOM(torch.nn.Module):
         modality_weights: Optional[Mapping[str, float]] = None,
         item_graph_layers: int = 1,
         prune_ratio: float = 0.8,
-        feature_weight: float = 1e-4,
+        feature_weight: float = 1e-3,
         knn_block_size: int = DEFAULT_BLOCK_SIZE,
         layout: str = 'edge_index_fused',
     ):
