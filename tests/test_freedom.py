@@ -172,17 +172,20 @@ def test_repr_and_bad_arguments():
     clone.load_state_dict(model.state_dict())
     graph = random_graph(10, 20, 50)
     assert torch.equal(clone(graph)[1], model(graph)[1])
-    with pytest.raises(ValueError, match="features\\['text'\\] must have "
-                       "shape \\[num_items=20"):
+    with pytest.raises(ValueError, match="features\\['text'\\] has 5 rows, "
+                       "expected num_items=20"):
         FREEDOM(10, 20, {'image': features['image'],
                          'text': features['text'][:5]})
     with pytest.raises(ValueError, match='FREEDOM was built for'):
         model(random_graph(11, 20, 50))
     user, item = model(random_graph(10, 20, 50))
     ids = torch.tensor([0, 1])
-    with pytest.raises(ValueError, match="features\\['text'\\] must have "
-                       "shape \\[20, 3\\]"):
+    with pytest.raises(ValueError, match="'features' lacks modality 'text'"):
         model.loss(user, item, ids, ids, ids, {'image': features['image']})
+    with pytest.raises(ValueError, match="features\\['text'\\] has width 2, "
+                       "expected 3"):
+        model.loss(user, item, ids, ids, ids,
+                   {**features, 'text': features['text'][:, :2]})
     with pytest.raises(ValueError, match="of one shape"):
         model.loss(user, item, ids, ids, ids[:1], features)
 

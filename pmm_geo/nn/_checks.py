@@ -1,4 +1,7 @@
 r"""Argument checks shared by the modules of :mod:`pmm_geo.nn`."""
+from typing import Dict, Mapping, Optional, Union
+
+from torch import Tensor
 
 
 def check_positive(owner: str, name: str, value: float) -> float:
@@ -55,3 +58,39 @@ def check_item_graph_model(num_users: int, num_items: int,
                               min_item_graph_layers),
                              ('knn_block_size', knn_block_size, 1)):
         check_int(name, value, low)
+
+
+def check_feature(modality: str, x: Tensor, num_items: int,
+                  dim: Optional[int] = None) -> None:
+    r"""Refuses an item feature table that is not a floating-point
+    :obj:`[num_items, dim]` tensor, naming the modality."""
+    if not isinstance(x, Tensor) or x.dim() != 2:
+        shape = list(x.shape) if isinstance(x, Tensor) else type(x)
+        raise ValueError(f"features['{modality}'] must be a 2-D tensor "
+                         f"[num_items, dim], got {shape}")
+    if x.size(0) != num_items:
+        raise ValueError(f"features['{modality}'] has {x.size(0)} rows, "
+                         f"expected num_items={num_items}")
+    if not x.is_floating_point():
+        raise ValueError(f"features['{modality}'] must be floating "
+                         f"point, got {x.dtype}")
+    if dim is not None and x.size(1) != dim:
+        raise ValueError(f"features['{modality}'] has width {x.size(1)}, "
+                         f"expected {dim} as at construction")
+
+
+def feature_widths(features: Mapping[str, Union[Tensor, int]],
+                   num_items: int) -> Dict[str, int]:
+    r"""The width of each modality of :obj:`features`, given as feature
+    tables (checked) or as widths (what a saved model is rebuilt from)."""
+    if not isinstance(features, Mapping) or not features:
+        raise ValueError("'features' must be a non-empty dict "
+                         "{modality: [num_items, dim] tensor}")
+    widths = {}
+    for m, x in features.items():
+        if isinstance(x, int) and not isinstance(x, bool) and x > 0:
+            widths[m] = x
+            continue
+        check_feature(m, x, num_items)
+        widths[m] = x.size(1)
+    return widths

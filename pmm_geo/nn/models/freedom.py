@@ -6,7 +6,12 @@ from torch.nn import Linear, ModuleDict
 
 from pmm_geo.data.adjacency import LAYOUTS, BipartiteAdjacency, as_adjacency
 from pmm_geo.nn.conv import FrozenItemGraph, modality_mix_weights
-from pmm_geo.nn._checks import check_item_graph_model
+from pmm_geo.nn._checks import (
+    check_feature,
+    check_item_graph_model,
+    feature_widths,
+)
+from pmm_geo.nn.functional import bpr_scores
 from pmm_geo.nn.knn import DEFAULT_BLOCK_SIZE
 from pmm_geo.nn.losses import BPRLoss
 from pmm_geo.nn.models._args import init_args
@@ -167,18 +172,8 @@ class FREEDOM(torch.nn.Module):
         if layout not in LAYOUTS:
             raise ValueError(f"Unknown 'layout' {layout!r} (expected one of "
                              f"{LAYOUTS})")
-        if not isinstance(features, Mapping) or not features:
-            raise ValueError("'features' must be a non-empty dict "
-                             "{modality: [num_items, dim] tensor}")
-        for m, x in features.items():
-            if isinstance(x, int) and not isinstance(x, bool) and x > 0:
-                continue  # A width: to load a saved graph.
-            if not isinstance(x, Tensor) or x.dim() != 2 or \
-                    x.size(0) != num_items:
-                shape = list(x.shape) if isinstance(x, Tensor) else x
-                raise ValueError(f"features['{m}'] must have shape "
-                                 f"[num_items={num_items}, dim] (or be a "
-                                 f"width), got {shape}")
+        # Tables, or widths alone to load a saved graph.
+        feature_dims = feature_widths(features, num_items)
         if knn_k > num_items:
             raise ValueError(f"'knn_k' ({knn_k}) must not exceed "
                              f"'num_items' ({num_items})")
@@ -192,8 +187,7 @@ class FREEDOM(torch.nn.Module):
         self.feature_weight = float(feature_weight)
         self.layout = layout
         self.modalities: List[str] = list(features)
-        self.feature_dims = {m: x if isinstance(x, int) else x.size(1)
-                             for m, x in features.items()}
+        self.feature_dims = feature_dims
         if modality_weights is None:
             modality_weights = modality_mix_weights(self.modalities)
         self.modality_weights = dict(modality_weights)
@@ -282,17 +276,16 @@ class FREEDOM(torch.nn.Module):
                              f"[B], got {list(users.shape)}, "
                              f"{list(pos.shape)} and {list(neg.shape)}")
         bpr = BPRLoss()
-        u = user[users]
-        loss = bpr((u * item[pos]).sum(-1), (u * item[neg]).sum(-1))
+        loss = bpr(*bpr_scores(user, item, users, pos, neg))
         if self.feature_weight == 0.:
             return loss
+        u = user[users]
         for m in self.modalities:
-            if m not in features or features[m].shape != (
-                    self.num_items, self.feature_dims[m]):
-                got = list(features[m].shape) if m in features else 'missing'
-                raise ValueError(f"features['{m}'] must have shape "
-                                 f"[{self.num_items}, {self.feature_dims[m]}]"
-                                 f" as at construction, got {got}")
+            if m not in features:
+                raise ValueError(f"'features' lacks modality '{m}' (expected "
+                                 f"{self.modalities})")
+            check_feature(m, features[m], self.num_items,
+                          self.feature_dims[m])
             projection = self.projections[m]
             x = features[m].to(projection.weight.dtype)
             # Only the batch's rows: the same values as projecting all items.

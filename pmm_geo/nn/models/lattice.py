@@ -12,7 +12,11 @@ from pmm_geo.nn._sparse import csr_tensor, sparse_mm
 from pmm_geo.nn.conv import BipartiteConv
 from pmm_geo.nn.functional import lightgcn_propagate
 from pmm_geo.nn.models._args import init_args
-from pmm_geo.nn._checks import check_item_graph_model
+from pmm_geo.nn._checks import (
+    check_feature,
+    check_item_graph_model,
+    feature_widths,
+)
 from pmm_geo.nn.knn import (
     DEFAULT_BLOCK_SIZE,
     cosine_knn,
@@ -212,13 +216,8 @@ class LATTICE(torch.nn.Module):
         self.knn_block_size = knn_block_size
         self.layout = layout
         self.modalities: List[str] = list(features)
-        self.feature_dims = {}
-        for m, x in features.items():
-            if isinstance(x, int) and not isinstance(x, bool) and x > 0:
-                self.feature_dims[m] = x  # A width: to load saved graphs.
-                continue
-            self._check_feature(m, x)
-            self.feature_dims[m] = x.size(1)
+        # Tables, or widths alone to load saved graphs.
+        self.feature_dims = feature_widths(features, num_items)
 
         self.user_embedding = Embedding(num_users, embedding_dim)
         self.item_embedding = Embedding(num_items, embedding_dim)
@@ -257,29 +256,14 @@ class LATTICE(torch.nn.Module):
     # ------------------------------------------------------------------
     # Input checks
 
-    def _check_feature(self, modality: str, x: Tensor,
-                       expected_dim: Optional[int] = None):
-        if not isinstance(x, Tensor) or x.dim() != 2:
-            shape = list(x.shape) if isinstance(x, Tensor) else type(x)
-            raise ValueError(f"features['{modality}'] must be a 2-D tensor "
-                             f"[num_items, dim], got {shape}")
-        if x.size(0) != self.num_items:
-            raise ValueError(f"features['{modality}'] has {x.size(0)} rows, "
-                             f"expected num_items={self.num_items}")
-        if not x.is_floating_point():
-            raise ValueError(f"features['{modality}'] must be floating "
-                             f"point, got {x.dtype}")
-        if expected_dim is not None and x.size(1) != expected_dim:
-            raise ValueError(f"features['{modality}'] has width {x.size(1)}, "
-                             f"expected {expected_dim} (as at construction)")
-
     def _check_features(self, features: Dict[str, Tensor]):
         if set(features) != set(self.modalities):
             raise ValueError(f"'features' must hold exactly the modalities "
                              f"{self.modalities} given at construction, got "
                              f"{list(features)}")
         for m in self.modalities:
-            self._check_feature(m, features[m], self.feature_dims[m])
+            check_feature(m, features[m], self.num_items,
+                          self.feature_dims[m])
 
     # ------------------------------------------------------------------
     # Item graph
