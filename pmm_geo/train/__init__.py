@@ -14,6 +14,7 @@ from .engine import (
     TrainingInterrupted,
     train_step,
 )
+from .kd_schedule import KDSchedule
 from .progress import ProgressLogger, plot_curves
 from .registry import (
     MODELS,
@@ -46,6 +47,7 @@ __all__ = [
     'register_model',
     'Trainer',
     'TrainingInterrupted',
+    'KDSchedule',
     'SELECT_METRIC',
     'EarlyStopping',
     'train_step',

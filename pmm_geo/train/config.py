@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Mapping, Tuple
 
+from .kd_schedule import SCHEDULES
+
 STUDENT_INITS = ('fresh', 'teacher')
 #: The stage-1 teachers of :obj:`promptmm` (:obj:`TrainConfig.teacher`).
 TEACHERS = ('promptmm', 'lattice')
@@ -84,6 +86,13 @@ class TrainConfig:
         kd_emb_weight (float): :math:`\lambda_{emb}`, weight of the sum over
             modalities of :class:`~pmm_geo.nn.EmbeddingKDLoss`.
             (default: :obj:`0.1`)
+        kd_schedule (str): How the three KD weights move during stage 2
+            (:class:`~pmm_geo.train.KDSchedule`): with :obj:`"plateau"`
+            they fade while the student's validation Recall@20 is at least
+            the teacher's, and drop to 0 where early stopping would have
+            ended the stage (the student then goes on with BPR alone until
+            :obj:`patience` runs out again); :obj:`"constant"` keeps them
+            fixed (the paper). (default: :obj:`"plateau"`)
         pair_tau (float): Temperature of the pairwise KD. (default: :obj:`1.0`)
         list_tau (float): Temperature of the listwise KD. (default: :obj:`1.0`)
         list_alpha (float): Weight of the target (positive vs rest) part of
@@ -195,6 +204,7 @@ class TrainConfig:
     kd_pair_weight: float = 1.0
     kd_list_weight: float = 1.0
     kd_emb_weight: float = 0.1
+    kd_schedule: str = 'plateau'
     pair_tau: float = 1.0
     list_tau: float = 1.0
     list_alpha: float = 1.0
@@ -339,6 +349,9 @@ class TrainConfig:
         if not 0 <= self.lattice_lambda <= 1:
             raise ConfigError(f"'lattice_lambda' must be in [0, 1], got "
                               f'{self.lattice_lambda}')
+        if self.kd_schedule not in SCHEDULES:
+            raise ConfigError(f"'kd_schedule' must be one of {SCHEDULES}, "
+                              f"got '{self.kd_schedule}'")
         if self.student_init not in STUDENT_INITS:
             raise ConfigError(f"'student_init' must be one of "
                               f"{STUDENT_INITS}, got '{self.student_init}'")

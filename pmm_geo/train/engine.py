@@ -476,7 +476,9 @@ class Trainer:
         user_emb, item_emb = stage.embeddings()
         val = evaluate(user_emb, item_emb, self.data, 'val',
                        ks=self.ks)
-        stopper.update(epoch, val, stage.modules)
+        improved = stopper.update(epoch, val, stage.modules)
+        if stage.evaluated(val[SELECT_METRIC], improved):
+            stopper.bad_evals = 0  # A new objective: patience restarts.
         return val
 
     def _log_epoch(self, stage: Stage, record: Dict[str, Any],

@@ -166,6 +166,13 @@ class Stage:
         return self.model_embeddings(self.model, self.ctx.graph,
                                      self.ctx.features)
 
+    def evaluated(self, score: float, improved: bool) -> bool:
+        r"""Called after each validation pass with the validation
+        Recall@20 (:obj:`improved`: a new best); returns :obj:`True` when
+        the stage changed its objective, which restarts the early-stopping
+        count."""
+        return False
+
     def num_params(self) -> int:
         return count_parameters(self.model)
 

@@ -4,6 +4,7 @@ from typing import List, Optional
 
 import torch
 
+from pmm_geo.evaluation import evaluate
 from pmm_geo.nn.models.lattice_teacher import LATTICETeacher
 from pmm_geo.nn.models.student import LightGCNStudent
 from pmm_geo.nn.models.teacher import MultimodalTeacher
@@ -12,6 +13,7 @@ from pmm_geo.nn.objective import PromptMMObjective
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig
+from ..kd_schedule import KDSchedule
 from .base import (Batch, ModelSpec, Stage, StageContext, adam,
                    input_tables)
 from .lightgcn import build_student
@@ -100,7 +102,11 @@ class DistillStage(Stage):
     on the prompt is computed once (:meth:`MultimodalTeacher.cache_frozen`).
     Without it, the teacher's outputs are computed once. The student
     starts from random tables or, with :obj:`student_init="teacher"`, from
-    the teacher's final fused embeddings."""
+    the teacher's final fused embeddings. The three distillation weights
+    follow a :class:`~pmm_geo.train.KDSchedule` (:obj:`kd_schedule`): by
+    default they fade while the student scores at least the teacher on
+    validation and switch off where early stopping would have ended the
+    stage, so the student finishes on BPR alone."""
     name = 'student'
 
     def build(self, previous):
@@ -111,8 +117,9 @@ class DistillStage(Stage):
             self._init_from_teacher(student, teacher)
         self.objective = build_objective(cfg, teacher.modalities).to(
             self.ctx.graph.device)
+        self.schedule = KDSchedule(cfg.kd_schedule, cfg.patience)
         self.modules = {self.name: student, 'objective': self.objective,
-                        'teacher': teacher}
+                        'teacher': teacher, 'kd_schedule': self.schedule}
         self.after_load()
 
     @torch.no_grad()
@@ -136,6 +143,31 @@ class DistillStage(Stage):
             with torch.no_grad():
                 self._fixed_targets = teacher(self.ctx.graph,
                                               self.ctx.features)
+        #: The validation Recall@20 of the teacher's fused embeddings (the
+        #: schedule's reference).
+        self.teacher_score = self._teacher_score()
+        self._apply_schedule()
+
+    @torch.no_grad()
+    def _teacher_score(self) -> float:
+        out = self.teacher_targets()
+        self._stale_targets = None
+        return evaluate(out.user, out.item, self.ctx.data, 'val',
+                        ks=(20, ))['recall@20']
+
+    def _apply_schedule(self) -> None:
+        # The objective skips a term whose weight is the number 0 (and the
+        # teacher's forward when all three are).
+        cfg, scale = self.config, self.schedule.scale
+        self.objective.pair_weight = cfg.kd_pair_weight * scale
+        self.objective.list_weight = cfg.kd_list_weight * scale
+        self.objective.emb_weight = cfg.kd_emb_weight * scale
+
+    def evaluated(self, score, improved):
+        changed = self.schedule.step(improved, score >= self.teacher_score)
+        if changed:
+            self._apply_schedule()
+        return changed
 
     def optimizer(self):
         cfg = self.config
@@ -199,7 +231,10 @@ class DistillStage(Stage):
         loss, parts = objective(user, item, teacher, batch.users, batch.pos,
                                 batch.neg, batch.lists,
                                 input_emb=input_tables(student, batch.graph))
-        return loss, {name: part.item() for name, part in parts.items()}
+        parts = {name: part.item() for name, part in parts.items()}
+        if self.schedule.mode != 'constant':
+            parts['kd_scale'] = self.schedule.scale
+        return loss, parts
 
     def export(self, run, checkpoint):
         # Stage 2 tuned the prompt: record it next to the stage-1 teacher.
