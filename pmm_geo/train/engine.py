@@ -477,8 +477,12 @@ class Trainer:
         val = evaluate(user_emb, item_emb, self.data, 'val',
                        ks=self.ks)
         improved = stopper.update(epoch, val, stage.modules)
-        if stage.evaluated(val[SELECT_METRIC], improved):
+        change = stage.evaluated(val[SELECT_METRIC], improved)
+        if change is not None:
             stopper.bad_evals = 0  # A new objective: patience restarts.
+            self.logger.log(event='objective', stage=stage.name,
+                            epoch=epoch, change=change)
+            self.logger.message(f'[{stage.name}] epoch {epoch}: {change}')
         return val
 
     def _log_epoch(self, stage: Stage, record: Dict[str, Any],

@@ -35,10 +35,11 @@ class KDSchedule(Module):
     under it: where early stopping would have ended the stage (:obj:`p` is
     the engine's patience), the student continues on BPR alone from what
     the teacher taught it, until its validation score stalls again. Until
-    either happens the run is the paper's (fixed weights), so the selected
-    student is never worse on validation than with fixed weights. :meth:`step`
-    returns :obj:`True` on each change, and the engine restarts its
-    early-stopping count.
+    either happens the run is the paper's (fixed weights); while the
+    student stays below its teacher, the run only goes on longer than the
+    paper's, so the selected student is at least as good on validation.
+    :meth:`step` returns :obj:`True` on each change, and the engine
+    restarts its early-stopping count.
 
     With :obj:`mode="constant"` the scale stays 1 (the paper's fixed
     weights).

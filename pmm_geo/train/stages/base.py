@@ -166,12 +166,12 @@ class Stage:
         return self.model_embeddings(self.model, self.ctx.graph,
                                      self.ctx.features)
 
-    def evaluated(self, score: float, improved: bool) -> bool:
+    def evaluated(self, score: float, improved: bool) -> Optional[str]:
         r"""Called after each validation pass with the validation
-        Recall@20 (:obj:`improved`: a new best); returns :obj:`True` when
-        the stage changed its objective, which restarts the early-stopping
-        count."""
-        return False
+        Recall@20 (:obj:`improved`: a new best). A stage that changes its
+        objective then returns a description of the change (logged), and
+        the early-stopping count restarts; otherwise :obj:`None`."""
+        return None
 
     def num_params(self) -> int:
         return count_parameters(self.model)

@@ -164,10 +164,17 @@ class DistillStage(Stage):
         self.objective.emb_weight = cfg.kd_emb_weight * scale
 
     def evaluated(self, score, improved):
-        changed = self.schedule.step(improved, score >= self.teacher_score)
-        if changed:
-            self._apply_schedule()
-        return changed
+        caught_up = score >= self.teacher_score
+        if not self.schedule.step(improved, caught_up):
+            return None
+        self._apply_schedule()
+        scale = self.schedule.scale
+        why = (f"validation {score:.4f} >= the teacher's "
+               f'{self.teacher_score:.4f}' if caught_up else
+               f'no new best in {self.schedule.patience} evaluations')
+        head = (f'distillation weights x{scale:g}' if scale > 0 else
+                'distillation off, BPR alone from here')
+        return f'{head} ({why})'
 
     def optimizer(self):
         cfg = self.config
@@ -231,10 +238,7 @@ class DistillStage(Stage):
         loss, parts = objective(user, item, teacher, batch.users, batch.pos,
                                 batch.neg, batch.lists,
                                 input_emb=input_tables(student, batch.graph))
-        parts = {name: part.item() for name, part in parts.items()}
-        if self.schedule.mode != 'constant':
-            parts['kd_scale'] = self.schedule.scale
-        return loss, parts
+        return loss, {name: part.item() for name, part in parts.items()}
 
     def export(self, run, checkpoint):
         # Stage 2 tuned the prompt: record it next to the stage-1 teacher.
