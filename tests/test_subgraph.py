@@ -210,3 +210,51 @@ def test_lattice_subgraph_equals_full_graph(data):
     assert_rows_equal(user, full_user, batch.users, users)
     for local, global_ in zip(batch.items, (pos, neg)):
         assert_rows_equal(item, full_item, local, global_)
+
+
+# ----------------------------------------------------------------------
+# Training steps: all neighbours sampled == a full-graph step
+
+
+def _first_gradients(data, model, batching):
+    from pmm_geo.train import Trainer, TrainConfig
+    config = TrainConfig(model=model, batching=batching, fanouts=[-1],
+                         batch_size=64, embedding_dim=8, student_dim=8,
+                         num_layers=2, student_layers=2, lattice_layers=2,
+                         lattice_knn_k=4, num_list_negatives=3,
+                         teacher_dropout=0.0)
+    trainer = Trainer(data, config, quiet=True)
+    out = {}
+    for stage in trainer.stages():
+        optimizer = stage.optimizer()
+        stage.train_mode()
+        users, pos, neg = next(trainer.sampler.epoch_batches(
+            64, trainer.generator))
+        loss, _ = stage.step(stage.batch(users, pos, neg))
+        optimizer.zero_grad()
+        loss.backward()
+        out[stage.name] = (loss.detach(), {
+            f'{name}.{key}': param.grad.to_dense()
+            for name, module in stage.modules.items()
+            for key, param in module.named_parameters()
+            if param.grad is not None})
+        optimizer.step()  # Adam, and SparseAdam on the sampled tables.
+    return out
+
+
+@needs_sampling
+@pytest.mark.parametrize('model', ['promptmm', 'lightgcn', 'lattice'])
+def test_sampled_training_steps_equal_full_graph_steps(data, model):
+    # With every neighbour sampled, a step's subgraph holds the batch's
+    # whole receptive field: its loss and the gradients of every weight
+    # (sparse for the tables it gathers) are the full-graph ones, rows
+    # outside it getting no gradient either way; then the optimizers step.
+    full = _first_gradients(data, model, 'full')
+    sampled = _first_gradients(data, model, 'sampled')
+    assert full.keys() == sampled.keys()
+    for stage, (loss, grads) in full.items():
+        assert torch.allclose(sampled[stage][0], loss, atol=1e-6)
+        assert grads.keys() == sampled[stage][1].keys(), stage
+        for key, grad in grads.items():
+            assert torch.allclose(sampled[stage][1][key], grad,
+                                  atol=1e-6), (stage, key)

@@ -7,7 +7,9 @@ from .adjacency import AdjacencyView, BipartiteAdjacency
 
 
 def _rows(x: Tensor, index: Tensor) -> Tensor:
-    if x.dim() == 2 and x.requires_grad:
+    # A trainable table (a leaf) gets a sparse gradient; a computed tensor
+    # passes a dense one back through the ops that made it.
+    if x.dim() == 2 and x.requires_grad and x.is_leaf:
         return F.embedding(index, x, sparse=True)
     return x.index_select(0, index)
 

@@ -4,6 +4,7 @@ bookkeeping)."""
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pmm_geo.nn.functional import bpr_scores
@@ -91,11 +92,13 @@ class TeacherMixin:
                              f"or [B, n]; got {list(users.shape)}, "
                              f"{list(pos.shape)} and {list(neg.shape)}")
         lambda_reg = self.lambda_reg if lambda_reg is None else lambda_reg
-        adj = self._adjacency(graph) if graph is not None else None
-        params = [self.user_embedding(adj.global_users(users) if adj else
-                                      users)] + \
-            [self.item_embedding(adj.global_items(i) if adj else i)
-             for i in (pos, neg)]
+        user_w, item_w = self.user_embedding.weight, self.item_embedding.weight
+        if graph is not None:
+            # The subgraph's rows (a sparse gradient for SparseAdam).
+            adj = self._adjacency(graph)
+            user_w, item_w = adj.select_users(user_w), adj.select_items(item_w)
+        params = [F.embedding(users, user_w)] + \
+            [F.embedding(i, item_w) for i in (pos, neg)]
         loss = BPRLoss(lambda_reg)(*bpr_scores(out.user, out.item, users,
                                                pos, neg), params)
         if self.modality_loss_weight != 0.:

@@ -264,10 +264,13 @@ def adam(groups: List[dict], config: TrainConfig,
             dense.append({**group, 'params': params})
         if rows:
             lazy.append({**group, 'params': rows})
-    optimizers = [torch.optim.Adam(dense,
-                                   weight_decay=config.weight_decay)]
+    optimizers = []
+    if dense or not lazy:
+        optimizers.append(torch.optim.Adam(
+            dense, weight_decay=config.weight_decay))
     if not lazy:
         return optimizers[0]
+    # A model made of tables only (LightGCN) has no dense parameters.
     return Optimizers(optimizers + [torch.optim.SparseAdam(lazy)])
 
 
