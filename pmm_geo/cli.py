@@ -11,7 +11,9 @@ r"""The :obj:`pmm-geo` command line (also :obj:`python -m pmm_geo`).
     pmm-geo train DATA_DIR --out RUN_DIR
         [--model promptmm|lightgcn|lattice|freedom] [--teacher promptmm|lattice]
         [--seed N] [--epochs N] [--ks K ...] [--config FILE] [--resume]
-        [--quiet] [--threads N] [--format auto|promptmm|mmrec]
+        [--quiet] [--threads N] [--nproc N]
+        [--format auto|promptmm|mmrec]
+    torchrun --nproc-per-node N -m pmm_geo train DATA_DIR --out RUN_DIR ...
     pmm-geo evaluate RUN_DIR [--json]
     pmm-geo recommend RUN_DIR --users USER [USER ...] [-k 20]
         [--format text|json] [--scores] [--no-exclude-seen]
@@ -127,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar='N', help='torch threads of each process '
                        '(default: OMP_NUM_THREADS, else the cores this '
                        'process may use divided among the processes)')
+    train.add_argument('--nproc', type=_positive_int, default=None,
+                       metavar='N', help='train with N processes on this '
+                       'machine (torch.distributed: each a shard of every '
+                       'epoch\'s interactions, gloo on CPU; rank 0 '
+                       'evaluates and writes RUN_DIR); the same as torchrun '
+                       '--nproc-per-node N -m pmm_geo train ...')
 
     _add_prepare(sub)
     _add_features(sub)
@@ -312,9 +320,16 @@ def _features(args) -> int:
 def _train(args) -> int:
     from pmm_geo.data.readers import read_dataset
     from pmm_geo.train import RunDir, Trainer, TrainConfig, set_threads
+    from pmm_geo.train.distributed import Distributed, launch
 
     if not os.path.isdir(args.data_dir):
         raise CommandError(f'DATA_DIR not found: {args.data_dir}')
+    if args.nproc is not None and 'WORLD_SIZE' in os.environ:
+        raise UsageError('--nproc starts torchrun; under torchrun, leave it '
+                         'out')
+    if (args.nproc or 1) > 1:
+        return launch(args.nproc, ['-m', 'pmm_geo', *_without_nproc(
+            args.argv)], args.threads)
     overrides = {key: getattr(args, key) for key in ('model', 'teacher',
                                                      'seed', 'epochs', 'ks')
                  if getattr(args, key) is not None}
@@ -328,14 +343,33 @@ def _train(args) -> int:
                   else TrainConfig())
         if overrides:
             config = config.replace(**overrides)
-    set_threads(args.threads)
-    trainer = Trainer(data, config, run_dir=args.out, quiet=args.quiet)
-    results = trainer.fit(resume=args.resume)
+    set_threads(args.threads, int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
+    group = Distributed.from_env()
+    try:
+        trainer = Trainer(data, config, run_dir=args.out, quiet=args.quiet,
+                          distributed=group)
+        results = trainer.fit(resume=args.resume)
+    finally:
+        group.close()
+    if not group.is_main:
+        return 0
     _copy_id_maps(args.data_dir, args.out, data)
     if not args.quiet:
         print(format_metrics(results))
         print(f'Run saved in {args.out}')
     return 0
+
+
+def _without_nproc(argv: Sequence[str]) -> List[str]:
+    r""":obj:`argv` without :obj:`--nproc N` (what each process runs)."""
+    out, skip = [], False
+    for arg in argv:
+        name = arg.split('=', 1)[0]
+        nproc = len(name) > 2 and '--nproc'.startswith(name)  # Or a prefix.
+        if not (skip or nproc):
+            out.append(arg)
+        skip = nproc and '=' not in arg
+    return out
 
 
 def _copy_id_maps(data_dir: str, run_dir: str, data) -> None:
@@ -532,11 +566,13 @@ def run_guarded(run: Callable[[], int], prog: str,
 
 def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except CommandError as error:
         print(_one_line(error), file=sys.stderr)
         return USAGE_ERROR
+    args.argv = argv
     hint = {'train': '; continue with --resume',
             'features': '; run it again to continue'}
     return run_guarded(lambda: COMMANDS[args.command](args),

@@ -150,3 +150,25 @@ def test_clear_errors():
         NegativeSampler(torch.tensor([0, 1]), num_users=2, num_items=3)
     with pytest.raises(ValueError, match='batch_size'):
         next(sampler.epoch_batches(0))
+
+
+def test_epoch_shards_partition_one_epoch():
+    edge_index = torch.stack([torch.arange(23) % 5, torch.arange(23) % 7])
+    sampler = NegativeSampler(edge_index, 5, 9)
+    whole = torch.cat([torch.stack(b, 1) for b in sampler.epoch_batches(
+        100, generator=torch.Generator().manual_seed(4))])
+    shards = []
+    for shard in range(3):
+        gen = torch.Generator().manual_seed(4)  # The same state per rank.
+        batches = list(sampler.epoch_batches(3, generator=gen, num_shards=3,
+                                             shard=shard))
+        assert len(batches) == sampler.num_batches(3, num_shards=3) == 3
+        shards.append(torch.cat([torch.stack(b, 1) for b in batches]))
+    # 7 triplets per shard, taken in turn from the one-process epoch (its
+    # negatives included); the last 23 - 21 are left over this epoch.
+    assert all(s.size(0) == 7 for s in shards)
+    assert torch.equal(torch.stack(shards, 1).view(21, 3), whole[:21])
+    assert len(list(sampler.epoch_batches(3, num_shards=3, shard=1,
+                                          drop_last=True))) == 2
+    with pytest.raises(ValueError, match="'shard' must be in 0..2"):
+        sampler.epoch_batches(3, num_shards=3, shard=3)

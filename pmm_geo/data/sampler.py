@@ -134,13 +134,15 @@ class NegativeSampler:
 
     def epoch_batches(self, batch_size: int,
                       generator: Optional[torch.Generator] = None,
-                      drop_last: bool = False
+                      drop_last: bool = False, num_shards: int = 1,
+                      shard: int = 0
                       ) -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
         r"""One interaction-uniform pass over the train edges, in shuffled
         order, as BPR triplets.
 
         Every train interaction appears exactly once per epoch, paired with a
-        freshly drawn true negative of its user.
+        freshly drawn true negative of its user. The shuffle and the
+        negatives are drawn when this is called (the batches are slices).
 
         Args:
             batch_size (int): Triplets per batch.
@@ -148,32 +150,50 @@ class NegativeSampler:
                 shuffle and the negatives. (default: :obj:`None`)
             drop_last (bool): Drop the last incomplete batch.
                 (default: :obj:`False`)
+            num_shards (int): Split the epoch's triplets into this many
+                equal shards, one per process of a distributed run: each
+                process draws the same epoch (the same :obj:`generator`
+                state) and takes its shard, so the shards partition it
+                (the at most :obj:`num_shards - 1` triplets left over are
+                skipped this epoch). (default: :obj:`1`)
+            shard (int): The shard to yield. (default: :obj:`0`)
 
-        Yields:
-            :obj:`(users, pos_items, neg_items)`, three LongTensors of shape
-            :obj:`[batch_size]` (the last one may be shorter).
+        Returns:
+            An iterator of :obj:`(users, pos_items, neg_items)`, three
+            LongTensors of shape :obj:`[batch_size]` (the last one may be
+            shorter).
         """
         batch_size = int(batch_size)
         if batch_size <= 0:
             raise ValueError(f"'batch_size' must be positive, got "
                              f"{batch_size}")
+        num_shards, shard = int(num_shards), int(shard)
+        if num_shards < 1 or not 0 <= shard < num_shards:
+            raise ValueError(f"'shard' must be in 0..{num_shards - 1}, got "
+                             f'{shard}')
         perm = torch.randperm(self.num_edges, generator=generator,
                               device=self.device)
         users, pos_items = self.edge_index[:, perm]
         # One vectorized draw for the whole epoch, sliced per batch.
         neg_items = self.sample_negatives(users, 1, generator).view(-1)
-        stop = self.num_edges - (self.num_edges % batch_size
-                                 if drop_last else 0)
-        for start in range(0, stop, batch_size):
-            end = min(start + batch_size, stop)
-            yield (users[start:end], pos_items[start:end],
-                   neg_items[start:end])
+        size = self.num_edges // num_shards
+        if num_shards > 1:
+            keep = slice(shard, shard + size * num_shards, num_shards)
+            users, pos_items, neg_items = (users[keep], pos_items[keep],
+                                           neg_items[keep])
+        stop = size - (size % batch_size if drop_last else 0)
+        return ((users[start:start + batch_size],
+                 pos_items[start:start + batch_size],
+                 neg_items[start:start + batch_size])
+                for start in range(0, stop, batch_size))
 
-    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        r"""Number of batches :meth:`epoch_batches` yields."""
+    def num_batches(self, batch_size: int, drop_last: bool = False,
+                    num_shards: int = 1) -> int:
+        r"""Number of batches :meth:`epoch_batches` yields (per shard)."""
+        size = self.num_edges // int(num_shards)
         if drop_last:
-            return self.num_edges // int(batch_size)
-        return -(-self.num_edges // int(batch_size))
+            return size // int(batch_size)
+        return -(-size // int(batch_size))
 
     def candidate_lists(self, users: Tensor, pos_items: Tensor,
                         num_negatives: int,

@@ -1,16 +1,52 @@
 r"""Multi-process training on :mod:`torch.distributed`: one process per rank
 (started by :obj:`torchrun`, or by :obj:`pmm-geo train --nproc N`), each
-training on its shard of the train interactions, with gradients averaged by
-:class:`~torch.nn.parallel.DistributedDataParallel`; rank 0 evaluates, logs
-and writes the run directory."""
+training on its shard of every epoch's train interactions, with gradients
+averaged by :class:`~torch.nn.parallel.DistributedDataParallel`; rank 0
+evaluates, logs and writes the run directory."""
+import inspect
 import os
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
-from torch.nn import Module
+from torch import Tensor
+from torch.nn import Embedding, Module, ModuleDict, ModuleList, Parameter
+
+
+class StageModule(Module):
+    r"""A training stage's step as a module's :meth:`forward`, so that
+    :class:`~torch.nn.parallel.DistributedDataParallel` sees every trainable
+    parameter of the stage and averages its gradient over the ranks.
+
+    The tables a sampled step updates row-wise (:meth:`Stage.sparse_tables`)
+    come first, each held by an :class:`~torch.nn.Embedding` with
+    :obj:`sparse=True`: DDP tells from the first module holding a parameter
+    whether to expect a sparse gradient (and then all-reduces it sparsely).
+
+    Args:
+        stage (pmm_geo.train.stages.Stage): The built stage.
+    """
+    def __init__(self, stage):
+        super().__init__()
+        self.stage = stage
+        self.sparse_tables = ModuleList(
+            _sparse_holder(table) for table in stage.sparse_tables())
+        self.parts = ModuleDict(stage.modules)
+
+    def forward(self, batch) -> Tuple[Tensor, Dict[str, float]]:
+        return self.stage.step(batch)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({self.stage.name}, '
+                f'sparse_tables={len(self.sparse_tables)})')
+
+
+def _sparse_holder(table: Parameter) -> Embedding:
+    holder = Embedding(1, 1, sparse=True)
+    holder.weight = table  # The table itself, not a copy.
+    return holder
 
 
 class Distributed:
@@ -51,15 +87,32 @@ class Distributed:
         r"""Whether this process evaluates, logs and writes files."""
         return self.rank == 0
 
-    def wrap(self, module: Module) -> Module:
-        r""":class:`~torch.nn.parallel.DistributedDataParallel` around
-        :obj:`module` (unchanged for a single process). Parameters a step
-        may leave without gradient (the prompt between refreshes, LATTICE's
-        graph learner after the first batch) are allowed."""
+    def wrap_stage(self, stage) -> Callable:
+        r"""The callable that returns a stage's :obj:`(loss, parts)` for a
+        batch: :obj:`stage.step` for a single process, else a
+        :class:`StageModule` in
+        :class:`~torch.nn.parallel.DistributedDataParallel` (its
+        construction copies rank 0's weights to every rank). Parameters a
+        step may leave without gradient are looked for at every step unless
+        :obj:`stage.skips_parameters` is :obj:`False` (torch then warns
+        once per process when it found none); buffers (hard tokens, kNN
+        graphs) are constant and synchronized once, not before every
+        step."""
         if not self.enabled:
-            return module
-        from torch.nn.parallel import DistributedDataParallel
-        return DistributedDataParallel(module, find_unused_parameters=True)
+            return stage.step
+        tables = stage.sparse_tables()
+        if tables and dist.get_backend() == 'nccl':
+            from .config import ConfigError
+            raise ConfigError("batching='sampled' on several CUDA processes "
+                              'needs a sparse all-reduce, which nccl lacks: '
+                              "use batching='full', or CPU processes (gloo)")
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        sync = ('forward_sync_buffers' if 'forward_sync_buffers' in
+                inspect.signature(DDP).parameters else
+                'broadcast_buffers')  # torch < 2.13
+        return DDP(StageModule(stage),
+                   find_unused_parameters=stage.skips_parameters,
+                   **{sync: False})
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         r"""Rank :obj:`src`'s :obj:`obj` on every rank."""
@@ -69,19 +122,20 @@ class Distributed:
         dist.broadcast_object_list(box, src=src)
         return box[0]
 
-    def broadcast_modules(self, modules: Dict[str, Module],
-                          src: int = 0) -> None:
-        r"""Copies every parameter and buffer of :obj:`modules` from rank
-        :obj:`src` (e.g. the best state it restored) to every rank."""
-        if not self.enabled:
-            return
-        with torch.no_grad():
-            for name in sorted(modules):
-                for tensor in modules[name].state_dict().values():
-                    if isinstance(tensor, torch.Tensor):
-                        dist.broadcast(tensor, src=src)
+    def mean(self, values: Dict[str, float]) -> Dict[str, float]:
+        r"""The mean over the ranks of each value (the same keys on every
+        rank), e.g. an epoch's mean loss over the ranks' shards."""
+        if not self.enabled or not values:
+            return values
+        keys = sorted(values)
+        total = torch.tensor([float(values[k]) for k in keys],
+                             dtype=torch.float64)
+        dist.all_reduce(total)
+        return dict(zip(keys, (total / self.world_size).tolist()))
 
     def barrier(self) -> None:
+        r"""Waits for every rank (e.g. until rank 0 has written a file the
+        others read)."""
         if self.enabled:
             dist.barrier()
 
@@ -94,19 +148,22 @@ class Distributed:
                 f'world_size={self.world_size})')
 
 
-def launch(nproc: int, module_args: Sequence[str],
-           threads: Optional[int] = None) -> int:
+def launch(nproc: int, program: Sequence[str],
+           threads: Optional[int] = None, **kwargs) -> int:
     r"""Runs :obj:`python -m torch.distributed.run --standalone
-    --nproc-per-node nproc -m pmm_geo <module_args>` (what :obj:`pmm-geo
-    train --nproc N` does) and returns its exit status.
+    --nproc-per-node nproc <program>` and returns its exit status (what
+    :obj:`pmm-geo train --nproc N` does with :obj:`program = ['-m',
+    'pmm_geo', 'train', ...]`). Interrupted or terminated, it stops
+    torchrun, which stops its processes.
 
     Args:
         nproc (int): Processes on this machine.
-        module_args (Sequence[str]): The :obj:`pmm_geo` command line of
-            every process.
+        program (Sequence[str]): What every process runs: a script and its
+            arguments, or :obj:`-m` and a module's.
         threads (int, optional): Torch threads of each process (passed on
             as :obj:`OMP_NUM_THREADS`; default: the available cores divided
             among the processes).
+        **kwargs: Passed to :class:`subprocess.Popen` (e.g. :obj:`stdout`).
     """
     from .threads import default_threads
 
@@ -115,8 +172,14 @@ def launch(nproc: int, module_args: Sequence[str],
                                  default_threads(nproc))
     cmd: List[str] = [sys.executable, '-m', 'torch.distributed.run',
                       '--standalone', f'--nproc-per-node={int(nproc)}',
-                      '-m', 'pmm_geo', *module_args]
-    return subprocess.call(cmd, env=env)
+                      *program]
+    proc = subprocess.Popen(cmd, env=env, **kwargs)
+    try:
+        return proc.wait()
+    except BaseException:  # Not killed: torchrun must stop its processes.
+        proc.terminate()
+        proc.wait()
+        raise
 
 
-__all__ = ['Distributed', 'launch']
+__all__ = ['Distributed', 'StageModule', 'launch']

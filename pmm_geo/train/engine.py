@@ -31,6 +31,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ConfigError, TrainConfig, resolve_batching
+from .distributed import Distributed
 from .progress import ProgressLogger, plot_curves
 from .registry import get_model
 from .run import RunDir
@@ -127,10 +128,16 @@ class EarlyStopping:
 
 
 def train_step(stage: Stage, optimizer: torch.optim.Optimizer, users,
-               pos, neg, batch: int) -> Tuple[torch.Tensor, Dict[str, float]]:
+               pos, neg, batch: int, forward: Optional[Callable] = None
+               ) -> Tuple[torch.Tensor, Dict[str, float]]:
     r"""One optimization step of :obj:`stage` on a batch of triplets;
-    returns the loss and its parts (a non-finite loss is an error)."""
-    loss, parts = stage.step(stage.batch(users, pos, neg, batch))
+    returns the loss and its parts (a non-finite loss is an error).
+    :obj:`forward` computes them from the :class:`~pmm_geo.train.stages.
+    Batch` (default: :obj:`stage.step`; in a distributed run, the stage in
+    :class:`~torch.nn.parallel.DistributedDataParallel`, see
+    :meth:`Distributed.wrap_stage`)."""
+    forward = stage.step if forward is None else forward
+    loss, parts = forward(stage.batch(users, pos, neg, batch))
     if not torch.isfinite(loss):
         raise FloatingPointError(f'[{stage.name}] the loss is {loss.item()};'
                                  f' lower the learning rate')
@@ -235,6 +242,16 @@ class Trainer:
             :class:`TrainingInterrupted`) aborts :meth:`fit`, which
             :obj:`resume=True` then continues from the last checkpoint.
             (default: :obj:`None`)
+        distributed (Distributed, optional): The process group of a
+            multi-process run (:meth:`Distributed.from_env` under
+            :obj:`torchrun`): each rank trains on its shard of every
+            epoch's triplets, :obj:`batch_size` per rank, with gradients
+            averaged by :class:`~torch.nn.parallel.DistributedDataParallel`;
+            rank 0 evaluates, logs and writes :obj:`run_dir`, and every rank
+            applies its validation results (the same early stopping and
+            selected epoch everywhere). Both hooks run on every rank (an
+            interrupting :obj:`on_epoch_end` must raise on every rank; rank
+            0's return value counts). (default: one process)
     """
     def __init__(self, data, config: Optional[TrainConfig] = None,
                  run_dir: Optional[str] = None, quiet: bool = False,
@@ -242,9 +259,12 @@ class Trainer:
                  plot: bool = True,
                  on_stage_end: Optional[Callable[[str, Dict[str, Any]],
                                                  None]] = None,
-                 on_epoch_end: Optional[EpochHook] = None):
+                 on_epoch_end: Optional[EpochHook] = None,
+                 distributed: Optional[Distributed] = None):
         self.config = config if config is not None else TrainConfig()
         self.config.validate()
+        self.dist = distributed if distributed is not None else \
+            Distributed()
         self.device = torch.device(device)
         self._check_data(data)
         self.fingerprint = data_fingerprint(data)
@@ -263,12 +283,14 @@ class Trainer:
                                     self.generator)
         self.spec = get_model(self.config.model)
         self.run = RunDir(run_dir) if run_dir is not None else None
+        #: Whether this process writes the run directory (rank 0 only).
+        self.writes = self.run is not None and self.dist.is_main
         self.plot = plot
         self.on_stage_end = on_stage_end
         self.on_epoch_end = on_epoch_end
         self.logger = ProgressLogger(
-            self.run.file(RunDir.LOG) if self.run else None, quiet=quiet,
-            use_tqdm=use_tqdm)
+            self.run.file(RunDir.LOG) if self.writes else None,
+            quiet=quiet or not self.dist.is_main, use_tqdm=use_tqdm)
         #: The trained modules after :meth:`fit` (e.g. :obj:`'teacher'`,
         #: :obj:`'student'`), each at its selected epoch.
         self.modules: Dict[str, Module] = {}
@@ -358,6 +380,8 @@ class Trainer:
             raise CheckpointError(f'{self.run.path} already holds a run: '
                                   f'continue it with --resume, or choose '
                                   f'another --out')
+        if not self.writes:
+            return None
         os.makedirs(self.run.path, exist_ok=True)
         self.config.to_json(self.run.file(RunDir.CONFIG))
         if os.path.exists(self.run.file(RunDir.LOG)):
@@ -386,6 +410,11 @@ class Trainer:
         state = load_checkpoint(path, what='training state')
         check_fingerprint(state, self.fingerprint, path)
         saved = TrainConfig.from_dict(state['config'], source=path)
+        trained_with = state.get('world_size', 1)
+        if trained_with != self.dist.world_size:
+            warnings.warn(f'{path} was trained with {trained_with} '
+                          f'process(es), resumed with {self.dist.world_size}:'
+                          f' the epochs from here are sharded differently')
         if saved != self.config:
             diff = [k for k, v in saved.to_dict().items()
                     if v != self.config.to_dict()[k]]
@@ -398,6 +427,9 @@ class Trainer:
                     stopper: EarlyStopping, elapsed: float,
                     finished: bool) -> None:
         if self.run is None:
+            return
+        if not self.writes:  # The others wait until rank 0 has written.
+            self.dist.barrier()
             return
         save_checkpoint({
             'kind': 'train_state',
@@ -414,10 +446,12 @@ class Trainer:
             'history': self.history,
             'results': self.results,
             'rng': _rng_state(self.generator),
+            'world_size': self.dist.world_size,
         }, self.run.file(RunDir.STATE))
+        self.dist.barrier()
 
     def _write_metrics(self) -> None:
-        if self.run is not None:
+        if self.writes:
             atomic_write_text(self.run.file(RunDir.METRICS),
                               json.dumps(self.results, indent=2) + '\n')
 
@@ -427,6 +461,9 @@ class Trainer:
     def _run_stage(self, stage: Stage, state: Optional[Dict[str, Any]]):
         cfg = self.config
         optimizer = stage.optimizer()
+        forward = self.dist.wrap_stage(stage)
+        if self.dist.enabled:  # DDP copied rank 0's weights in place.
+            stage.after_load()
         stopper = EarlyStopping(cfg.patience, self.select_metric)
         epoch, elapsed = 0, 0.0
         if state is not None:
@@ -441,7 +478,7 @@ class Trainer:
                                 f'({stage.num_params():,} parameters)')
         for epoch in range(epoch + 1, cfg.epochs + 1):
             tic = time.perf_counter()
-            record = self._train_epoch(stage, optimizer, epoch)
+            record = self._train_epoch(stage, optimizer, forward, epoch)
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                 record['val'] = self._validate(stage, epoch, stopper)
             elapsed += time.perf_counter() - tic
@@ -455,27 +492,51 @@ class Trainer:
                 break
         self._end_stage(stage, optimizer, stopper, epoch, elapsed)
 
-    def _train_epoch(self, stage: Stage, optimizer,
+    def _train_epoch(self, stage: Stage, optimizer, forward,
                      epoch: int) -> Dict[str, Any]:
-        r"""One pass over the train interactions; returns the epoch's
-        record (mean loss and parts)."""
-        cfg = self.config
+        r"""One pass over the train interactions (this rank's shard);
+        returns the epoch's record (mean loss and parts, over all ranks)."""
+        cfg, dist = self.config, self.dist
         stage.train_mode()
-        batches = self.sampler.epoch_batches(cfg.batch_size,
-                                             generator=self.generator)
+        if dist.enabled:
+            self._seed_epoch(stage, epoch, shared=True)
+        batches = self.sampler.epoch_batches(
+            cfg.batch_size, generator=self.generator,
+            num_shards=dist.world_size, shard=dist.rank)
+        if dist.enabled:
+            self._seed_epoch(stage, epoch, shared=False)
         progress = self.logger.epoch(stage.name, epoch, cfg.epochs, batches,
-                                     self.sampler.num_batches(cfg.batch_size))
+                                     self.sampler.num_batches(
+                                         cfg.batch_size,
+                                         num_shards=dist.world_size))
         for batch, (users, pos, neg) in enumerate(progress):
-            loss, parts = train_step(stage, optimizer, users, pos, neg, batch)
+            loss, parts = train_step(stage, optimizer, users, pos, neg, batch,
+                                     forward)
             progress.update(loss.item(), parts)
         return {'stage': stage.name, 'epoch': epoch,
-                'loss': progress.mean_loss, **progress.mean_parts()}
+                **dist.mean({'loss': progress.mean_loss,
+                             **progress.mean_parts()})}
+
+    def _seed_epoch(self, stage: Stage, epoch: int, shared: bool) -> None:
+        r"""Distributed runs reseed every epoch from :obj:`(seed, stage,
+        epoch)`, so a resumed run continues the same streams: the shuffle
+        and negatives the same on every rank (:obj:`shared`, each then
+        takes its shard), then a stream per rank for what differs (stage
+        2's candidate lists, neighbour sampling, dropout)."""
+        index = self.spec.outputs.index(stage.name)
+        base = _seed(self.config.seed, index) * 100_003 + epoch
+        rank = 0 if shared else self.dist.rank + 1
+        self.generator.manual_seed(base * 131 + rank)
+        torch.manual_seed(base * 131 + rank)
 
     def _validate(self, stage: Stage, epoch: int,
                   stopper: EarlyStopping) -> Dict[str, float]:
-        user_emb, item_emb = stage.embeddings()
-        val = evaluate(user_emb, item_emb, self.data, 'val',
-                       ks=self.ks)
+        r"""Rank 0 evaluates on the validation split; every rank applies
+        its metrics (model selection, the stage's objective changes)."""
+        val = None
+        if self.dist.is_main:
+            val = evaluate(*stage.embeddings(), self.data, 'val', ks=self.ks)
+        val = self.dist.broadcast_object(val)
         improved = stopper.update(epoch, val, stage.modules)
         change = stage.evaluated(val[SELECT_METRIC], improved)
         if change is not None:
@@ -502,8 +563,8 @@ class Trainer:
                         stopper: EarlyStopping) -> bool:
         r"""Calls :obj:`on_epoch_end`; returns whether it ends the stage
         (validating the current state if nothing was evaluated yet)."""
-        if self.on_epoch_end is None or not self.on_epoch_end(stage.name,
-                                                              record):
+        if self.on_epoch_end is None or not self.dist.broadcast_object(
+                bool(self.on_epoch_end(stage.name, record))):
             return False
         if stopper.best is None:
             record['val'] = self._validate(stage, record['epoch'], stopper)
@@ -516,9 +577,12 @@ class Trainer:
         best = stopper.best
         _load(stage.modules, best['modules'], 'the best state')
         stage.after_load()
-        user_emb, item_emb = stage.embeddings()
-        test = evaluate(user_emb, item_emb, self.data, 'test',
-                        ks=self.ks)
+        user_emb = item_emb = test = None
+        if self.dist.is_main:
+            user_emb, item_emb = stage.embeddings()
+            test = evaluate(user_emb, item_emb, self.data, 'test', ks=self.ks)
+        # Rank 0's test metrics and time are the run's, on every rank.
+        test, elapsed = self.dist.broadcast_object((test, elapsed))
         result = {'val': best['val'], 'test': test, 'epochs': epochs,
                   'best_epoch': best['epoch'],
                   'train_seconds': round(elapsed, 3),
@@ -545,7 +609,7 @@ class Trainer:
         arguments, weights at the selected epoch), its final embeddings and
         the train interactions (what serving needs, without the data
         directory)."""
-        if self.run is None:
+        if not self.writes:
             return
         stage.export(self.run, {
             **stage.checkpoint(),
@@ -559,7 +623,7 @@ class Trainer:
 
     def _finish(self) -> None:
         self._write_metrics()
-        if self.run is not None and self.plot and self.history:
+        if self.writes and self.plot and self.history:
             plot_curves(self.history, self.run.file(RunDir.CURVES))
         self.logger.log(event='done', results=self.results)
 

@@ -67,10 +67,17 @@ class Stage:
             to compute its embeddings (also when serving).
         modules (Dict[str, Module]): Every module whose state is
             checkpointed and restored at the selected epoch.
+        skips_parameters (bool): Whether a step may leave a trainable
+            parameter without gradient (LATTICE's graph learner between
+            rebuilds, the prompt between refreshes or with distillation
+            off, a branch whose loss weight is 0): distributed training then
+            looks for such parameters at every step (see
+            :meth:`~pmm_geo.train.distributed.Distributed.wrap_stage`).
     """
     name: str = ''
     served: str = ''
     needs_features: bool = False
+    skips_parameters: bool = True
 
     def __init__(self, context: StageContext):
         self.ctx = context

@@ -21,6 +21,7 @@ class LightGCNStage(BPRStage):
     trained alone with BPR, so that it differs from the distilled student
     by the distillation only."""
     name = 'lightgcn'
+    skips_parameters = False  # Its two tables, both read by every step.
 
     def build(self, previous):
         self.modules = {self.name: build_student(self.config, self.ctx)}

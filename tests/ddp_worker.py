@@ -1,0 +1,87 @@
+r"""One rank of tests/test_distributed.py, run by torchrun with 2 gloo
+processes: one DDP step against one process on the union of the shards,
+then a training run uninterrupted, interrupted in stage 2 and resumed; saves
+what the test compares in ROOT/rank<r>.pt."""
+import os
+import sys
+
+import torch
+import torch_geometric.typing
+
+from pmm_geo.data import synthetic
+from pmm_geo.train import Trainer, TrainConfig, TrainingInterrupted, \
+    train_step
+from pmm_geo.train.distributed import Distributed
+
+SAMPLING = (torch_geometric.typing.WITH_PYG_LIB
+            or torch_geometric.typing.WITH_TORCH_SPARSE)
+CONFIG = dict(epochs=3, batch_size=64, embedding_dim=8, student_dim=8,
+              num_layers=1, student_layers=1, num_list_negatives=3,
+              patience=5, ks=(10, 20),
+              batching='sampled' if SAMPLING else 'full')
+
+
+def tiny_data():
+    return synthetic(num_users=60, num_items=40, num_interactions=900,
+                     modalities={'image': 6, 'text': 4}, seed=0)
+
+
+def one_step(data, batching: str, group: Distributed) -> dict:
+    r"""LightGCN's weights after one step: this rank's (2 processes, each
+    half of 32 triplets) and, on rank 0, one process's on all 32."""
+    config = TrainConfig(model='lightgcn', embedding_dim=8, num_layers=2,
+                         batching=batching, fanouts=(-1, -1))
+    out = {}
+    for name, g in (('ddp', group), ('one', Distributed())):
+        if name == 'one' and not group.is_main:
+            break
+        trainer = Trainer(data, config, quiet=True, distributed=g)
+        stage = next(trainer.stages())
+        out['init'] = {k: v.clone() for k, v in
+                       stage.model.state_dict().items()}
+        triplets = next(trainer.sampler.epoch_batches(
+            32, torch.Generator().manual_seed(1)))
+        if g.enabled:  # This rank's half.
+            triplets = [t[g.rank::g.world_size] for t in triplets]
+        train_step(stage, stage.optimizer(), *triplets, 0,
+                   g.wrap_stage(stage))
+        out[name] = {k: v.clone() for k, v in stage.model.state_dict().items()}
+    return out
+
+
+def main(root: str) -> None:
+    torch.set_num_threads(1)
+    group = Distributed.from_env()
+    data = tiny_data()
+    steps = {b: one_step(data, b, group)
+             for b in (('full', 'sampled') if SAMPLING else ('full', ))}
+    config = TrainConfig(**CONFIG)
+
+    def run(name, **kwargs):
+        return Trainer(data, config, run_dir=os.path.join(root, name),
+                       quiet=True, plot=False, distributed=group, **kwargs)
+
+    full = run('full')
+    results = full.fit()
+
+    def interrupt(stage, record):  # On every rank, as a kill would.
+        if stage == 'student':
+            raise TrainingInterrupted('stop')
+
+    try:
+        run('cut', on_epoch_end=interrupt).fit()
+    except TrainingInterrupted:
+        pass
+    resumed = run('cut')
+    torch.save({'steps': steps, 'full': results,
+                'resumed': resumed.fit(resume=True),
+                'writes': full.writes,
+                'weights': {name: m.state_dict() for name, m in
+                            resumed.modules.items() if name != 'objective'},
+                'full_weights': full.modules['student'].state_dict()},
+               os.path.join(root, f'rank{group.rank}.pt'))
+    group.close()
+
+
+if __name__ == '__main__':
+    main(sys.argv[1])
