@@ -136,12 +136,14 @@ Spec = Dict[str, Any]
 
 
 def run_worker(script: str, spec: Spec, log_path: str, in_process: bool,
-               run_spec: Callable[[Spec], None]) -> Optional[str]:
-    r"""Runs :obj:`run_spec(spec)` with the spec's thread count in this
-    process (tests) or as :obj:`script --worker SPEC_JSON`, logging to
-    :obj:`log_path` (each measurement its own peak memory and threads);
-    returns :obj:`None` on success, else an error with the log's tail."""
-    if in_process:
+               run_spec: Callable[[Spec], None], nproc: int = 1
+               ) -> Optional[str]:
+    r"""Runs :obj:`run_spec(spec)` with the spec's threads in this process
+    (tests) or as :obj:`script --worker SPEC_JSON` (:obj:`nproc` ranks by
+    torchrun), logging to :obj:`log_path` (each measurement its own peak
+    memory and threads); returns :obj:`None` on success, else the log tail."""
+    from pmm_geo.train.distributed import launch
+    if in_process and nproc == 1:
         threads = torch.get_num_threads()
         torch.set_num_threads(int(spec.get('threads') or threads))
         try:
@@ -152,9 +154,10 @@ def run_worker(script: str, spec: Spec, log_path: str, in_process: bool,
     cmd = [sys.executable, os.path.abspath(script), '--worker',
            json.dumps(spec)]
     with open(log_path, 'w', encoding='utf-8') as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, PYTHONWARNINGS='ignore')
-                              ).returncode
+        out = {'stdout': log, 'stderr': subprocess.STDOUT}
+        code = launch(nproc, cmd[1:], spec['threads'], **out) if nproc > 1 \
+            else subprocess.run(cmd, env=dict(
+                os.environ, PYTHONWARNINGS='ignore'), **out).returncode
     if code == 0:
         return None
     with open(log_path, encoding='utf-8', errors='replace') as f:

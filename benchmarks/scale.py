@@ -12,7 +12,9 @@ warm-up and ``--steps`` :func:`pmm_geo.train.train_step` calls as
 graph on the first); ``eval_seconds``; ``embed`` / ``rank`` /
 ``inference_seconds`` as in ``compare.py``; ``peak_memory_mb`` (``VmHWM``,
 data and interpreter included) and the CPU-time twins (one thread: robust to
-other load). Writes ``OUT/scale.json``, ``scale.md`` and ``scale.png``.
+other load). At the first scale, ``lightgcn x2``: lightgcn on 2 DDP
+processes (torchrun, gloo, one thread each; rank 0's row). Writes
+``OUT/scale.json``, ``scale.md`` and ``scale.png``.
 
     python benchmarks/scale.py                       # 1x 2x 4x, full size
     python benchmarks/scale.py --size 0.05 --scales 1 2 --steps 3   # quick
@@ -26,23 +28,26 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+import torch
+
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import _common as C  # noqa: E402
+
+from pmm_geo import evaluate  # noqa: E402
+from pmm_geo.data import (EDGE_TYPE, ELECTRONICS, from_arrays,  # noqa: E402
+                          modalities, split_edge_index, synthetic)
+from pmm_geo.train import MODELS, Trainer, TrainConfig, train_step  # noqa
+from pmm_geo.train.distributed import Distributed  # noqa: E402
+from pmm_geo.train.registry import output_names as model_names  # noqa
 
 LIMIT_MB = 12 * 1024  # the 12 GB target
 EMBED_RATIO = 5.0  # the student's embed_seconds must be >= 5x lower
 K = 20
 
 
-def model_names() -> Sequence[str]:
-    from pmm_geo.train.registry import output_names
-    return output_names()
-
-
 def counts(scale: float, size: float) -> Dict[str, int]:
     r"""Users and interactions times :obj:`scale`; all three times
     :obj:`size`."""
-    from pmm_geo.data import ELECTRONICS
     return {key: round(ELECTRONICS[key] * size * (1 if key == 'num_items'
                                                   else scale))
             for key in ('num_users', 'num_items', 'num_interactions')}
@@ -52,10 +57,6 @@ def counts(scale: float, size: float) -> Dict[str, int]:
 # Workers
 
 def gen_worker(spec: Dict[str, Any]) -> None:
-    import torch
-
-    from pmm_geo.data import (ELECTRONICS, modalities, split_edge_index,
-                              synthetic)
     data = synthetic(**counts(spec['scale'], spec['size']),
                      modalities=ELECTRONICS['modalities'], seed=spec['seed'])
     torch.save({'num_users': data['user'].num_nodes,
@@ -67,36 +68,36 @@ def gen_worker(spec: Dict[str, Any]) -> None:
 
 
 def model_worker(spec: Dict[str, Any]) -> None:
-    import torch
-
-    from pmm_geo import evaluate
-    from pmm_geo.data import EDGE_TYPE, from_arrays
-    from pmm_geo.train import MODELS, Trainer, TrainConfig, train_step
-
-    name = spec['model']
+    # 'lightgcn x2' under torchrun: each rank steps through its shard.
+    name, group = spec['model'].split()[0], Distributed.from_env()
     data = from_arrays(**torch.load(spec['data'], weights_only=True))
     base = C.rss_mb()
     C.reset_peak_rss()
     model = next(m for m, s in MODELS.items() if name in s.outputs)
-    trainer = Trainer(data, TrainConfig(model=model, seed=0), quiet=True)
+    trainer = Trainer(data, TrainConfig(model=model, seed=0), quiet=True,
+                      distributed=group)
     tic = time.perf_counter()
     # The engine's stage, built as fit() builds it (those before it too).
     stage = next(s for s in trainer.stages() if s.name == name)
     setup = time.perf_counter() - tic
     config, sampler = trainer.config, trainer.sampler
-    optimizer = stage.optimizer()
+    optimizer, forward = stage.optimizer(), group.wrap_stage(stage)
     stage.train_mode()
-    num_batches = sampler.num_batches(config.batch_size)
-
+    shards = {'num_shards': group.world_size}
+    num_batches = sampler.num_batches(config.batch_size, **shards)
     # Endless: small graphs (--size) have fewer batches than steps timed.
     batches = (batch for _ in itertools.count() for batch in
-               sampler.epoch_batches(config.batch_size, trainer.generator))
+               sampler.epoch_batches(config.batch_size, trainer.generator,
+                                     shard=group.rank, **shards))
     wall, cpu = [], []
     for index in [1] + list(range(min(spec['steps'], num_batches))):
+        group.barrier()
         step_s, step_cpu, _ = C.time_call(train_step, stage, optimizer,
-                                          *next(batches), index)
+                                          *next(batches), index, forward)
         wall.append(step_s)
         cpu.append(step_cpu)
+    if not group.is_main:
+        return group.close()
 
     def per_epoch(times: List[float]) -> float:
         rest = statistics.median(times[1:]) if len(times) > 1 else times[0]
@@ -125,8 +126,9 @@ def model_worker(spec: Dict[str, Any]) -> None:
         'peak_memory_mb': max(peak_train, C.peak_rss_mb()),
         'base_memory_mb': base, 'serving_params': params, 'serving_mb': size,
         'trainable_params': stage.num_params(),
-        'threads': torch.get_num_threads(),
+        'threads': torch.get_num_threads(), 'processes': group.world_size,
     })
+    group.close()
 
 
 def _run_spec(spec: Dict[str, Any]) -> None:
@@ -174,9 +176,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         return summary
     os.makedirs(out, exist_ok=True)
 
-    def spawn(spec: Dict[str, Any], log: str) -> bool:
+    def spawn(spec: Dict[str, Any], log: str, nproc: int = 1) -> bool:
         error = C.run_worker(__file__, spec, osp.join(out, log),
-                             args.in_process, _run_spec)
+                             args.in_process, _run_spec, nproc)
         if error is not None:
             print(error, flush=True)
         return error is None
@@ -195,13 +197,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             raise SystemExit('data generation failed')
         results[key] = {'scale': scale, 'shape': shape, 'models': {},
                         'generate_seconds': time.perf_counter() - tic}
-        for name in models:
+        ddp = [('lightgcn x2', 2)] if scale == args.scales[0] and \
+            'lightgcn' in models else []
+        for name, nproc in [(m, 1) for m in models] + ddp:
             result = osp.abspath(osp.join(out, f'{name}_{key}.json'))
             tic = time.perf_counter()
             if not spawn({'kind': 'model', 'model': name, 'data': path,
                           'steps': args.steps, 'repeats': args.repeats,
                           'result': result, 'threads': args.threads},
-                         f'{name}_{key}.log'):
+                         f'{name}_{key}.log', nproc):
                 results[key]['models'][name] = {'failed': True}
                 continue
             row = C.read_json(result)
@@ -296,6 +300,12 @@ def report(summary) -> str:
             ok = row['peak_memory_mb'] < LIMIT_MB
             lines.append(f'- {key} {name}: peak {row["peak_memory_mb"]:,.0f}'
                          f' MB < 12 GB: {"PASS" if ok else "MISS"}')
+            one = rows.get(name.split()[0], {}).get('step_seconds')
+            if row.get('processes', 1) > 1 and one:  # Examples per second.
+                x = row['processes'] * statistics.median(one) / \
+                    statistics.median(row['step_seconds'])
+                lines.append(f'- {key} {name}: {x:.2f}x the examples/s of '
+                             f'one process: {"PASS" if x >= 1.6 else "MISS"}')
         student = rows.get('student')
         for other in ('lattice', 'teacher'):
             row = rows.get(other)
@@ -309,18 +319,7 @@ def report(summary) -> str:
                     f'than {other} ({row["embed_seconds"]:.3f}s; '
                     f'{cpu_ratio:.1f}x in CPU time): '
                     f'{"PASS" if ratio >= EMBED_RATIO else "MISS"} (>= 5x)')
-    items = next(iter(scales.values()))['shape']['num_items']
-    dense = items**2 * 4 / 1024**3
-    lines += ['', 'Dense LATTICE (the original code) would hold I x I float32 '
-              f'matrices: {items:,}^2 x 4 bytes = {dense:.2f} GiB each. By '
-              'the analytic estimate of reference/lattice_mmrec.md (not a '
-              'measurement), about 5 are alive in steady state '
-              f'({5 * dense:.1f} GiB) and 13 to 16 at the peak of the graph '
-              f'rebuild on the first batch of each epoch ({13 * dense:.0f} to '
-              f'{16 * dense:.0f} GiB), above the 12 GB target before any '
-              'activation or optimizer state. The sparse LATTICE here keeps '
-              'k = 10 neighbours per item and graph (O(I k) memory).', '']
-    return '\n'.join(lines)
+    return '\n'.join(lines + [''])
 
 
 def plot(summary, path: str) -> None:
@@ -352,9 +351,8 @@ def plot(summary, path: str) -> None:
         ax.set_yscale('log')
     axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=8)
-    size = summary['size']
-    fig.suptitle('Electronics-shaped synthetic data' +
-                 ('' if size == 1 else f' (size {size:g})'))
+    fig.suptitle('Electronics-shaped synthetic data' + (
+        '' if summary['size'] == 1 else f' (size {summary["size"]:g})'))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

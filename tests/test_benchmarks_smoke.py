@@ -107,9 +107,12 @@ def test_scale_smoke(tmp_path):
                             'num_interactions': 1796}
     assert two['shape'] == {'num_users': 417, 'num_items': 107,
                             'num_interactions': 3592}
+    # At the first scale, lightgcn also on 2 DDP processes (torchrun).
+    assert set(one['models']) - set(two['models']) == {'lightgcn x2'}
+    assert one['models']['lightgcn x2']['processes'] == 2
     for entry in (one, two):
-        assert set(entry['models']) == set(output_names()) >= {
-            'teacher', 'student', 'lattice', 'lightgcn'}
+        assert set(entry['models']) - {'lightgcn x2'} == set(
+            output_names()) >= {'teacher', 'student', 'lattice', 'lightgcn'}
         for name, row in entry['models'].items():
             assert not row.get('failed'), name
             assert len(row['step_seconds']) == min(2, row['steps_per_epoch'])
@@ -128,3 +131,4 @@ def test_scale_smoke(tmp_path):
     assert (out / 'scale.json').is_file()
     text = (out / 'scale.md').read_text()
     assert '## Targets' in text and 'student embed_seconds' in text
+    assert '1x lightgcn x2: ' in text and 'examples/s of one process' in text
