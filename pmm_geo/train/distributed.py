@@ -65,7 +65,9 @@ class Distributed:
     def from_env(cls, device='cpu') -> 'Distributed':
         r"""Joins the process group that :obj:`torchrun` describes in the
         environment (:obj:`RANK`, :obj:`WORLD_SIZE`, :obj:`MASTER_ADDR`,
-        ...): gloo on CPU, nccl on CUDA. Without :obj:`WORLD_SIZE` > 1, a
+        ...): gloo on CPU; on CUDA nccl, with this process's current device
+        :obj:`cuda:LOCAL_RANK` (train there: :obj:`Trainer(device=
+        torch.cuda.current_device())`). Without :obj:`WORLD_SIZE` > 1, a
         single process."""
         world_size = int(os.environ.get('WORLD_SIZE', '1'))
         if world_size <= 1:
@@ -75,6 +77,8 @@ class Distributed:
                                'torch.distributed')
         if not dist.is_initialized():
             cuda = torch.device(device).type == 'cuda'
+            if cuda:  # One GPU per process on each machine.
+                torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
             dist.init_process_group('nccl' if cuda else 'gloo')
         return cls(dist.get_rank(), dist.get_world_size())
 
