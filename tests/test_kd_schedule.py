@@ -110,3 +110,52 @@ def test_noise_teacher_cannot_pull_the_student_below_lightgcn(monkeypatch):
         # ... while the paper's fixed weights follow the noise far below
         # it (the check above can fail).
         assert statistics.mean(r[split] for r in runs['constant']) < floor
+
+
+def test_an_objective_change_restarts_the_optimizer_and_patience(
+        monkeypatch):
+    data = synthetic(num_users=60, num_items=40, num_interactions=600,
+                     modalities={'image': 8}, seed=0)
+    config = TrainConfig(epochs=4, batch_size=128, embedding_dim=8,
+                         student_dim=8, num_layers=1, student_layers=1,
+                         num_list_negatives=3, prompt_tuning=False,
+                         batching='full', patience=2)
+    steps = []  # Adam's step count of the student's tables at each eval
+    original = DistillStage.optimizer
+
+    def optimizer(self):
+        self._seen = original(self)
+        return self._seen
+
+    def evaluated(self, score, improved):
+        table = self.model.user_embedding.weight
+        steps.append(int(self._seen.state[table]['step']))
+        return 'a change' if len(steps) == 2 else None
+
+    monkeypatch.setattr(DistillStage, 'optimizer', optimizer)
+    monkeypatch.setattr(DistillStage, 'evaluated', evaluated)
+    results = Trainer(data, config, quiet=True, plot=False).fit()
+    per_epoch = steps[0]
+    # Cleared after epoch 2: epoch 3 starts counting again from 0.
+    assert per_epoch > 0
+    assert steps == [per_epoch, 2 * per_epoch, per_epoch, 2 * per_epoch]
+    # Patience 2 restarted at epoch 2: all 4 epochs ran whatever the scores.
+    assert results['student']['epochs'] == 4
+
+
+def test_clear_optimizer_state_covers_every_optimizer():
+    from pmm_geo.train.stages.base import Optimizers, clear_optimizer_state
+    dense = torch.nn.Parameter(torch.ones(3))
+    table = torch.nn.Embedding(4, 2, sparse=True)
+    adam = torch.optim.Adam([dense], lr=0.1)
+    lazy = torch.optim.SparseAdam(table.parameters(), lr=0.1)
+    both = Optimizers([adam, lazy])
+    (dense.sum() + table(torch.tensor([1, 2])).sum()).backward()
+    both.step()
+    assert len(adam.state) == 1 and len(lazy.state) == 1
+    clear_optimizer_state(both)
+    assert len(adam.state) == 0 and len(lazy.state) == 0
+    dense.grad = torch.ones(3)
+    adam.step()
+    clear_optimizer_state(adam)
+    assert len(adam.state) == 0

@@ -36,6 +36,7 @@ from .progress import ProgressLogger, plot_curves
 from .registry import get_model
 from .run import RunDir
 from .stages import Stage, StageContext
+from .stages.base import clear_optimizer_state
 
 #: The metric that selects the epoch (on the validation split only).
 SELECT_METRIC = 'recall@20'
@@ -480,7 +481,8 @@ class Trainer:
             tic = time.perf_counter()
             record = self._train_epoch(stage, optimizer, forward, epoch)
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                record['val'] = self._validate(stage, epoch, stopper)
+                record['val'] = self._validate(stage, epoch, stopper,
+                                               optimizer)
             elapsed += time.perf_counter() - tic
             record['seconds'] = elapsed
             self._log_epoch(stage, record, stopper)
@@ -529,8 +531,9 @@ class Trainer:
         self.generator.manual_seed(base * 131 + rank)
         torch.manual_seed(base * 131 + rank)
 
-    def _validate(self, stage: Stage, epoch: int,
-                  stopper: EarlyStopping) -> Dict[str, float]:
+    def _validate(self, stage: Stage, epoch: int, stopper: EarlyStopping,
+                  optimizer: Optional[torch.optim.Optimizer] = None
+                  ) -> Dict[str, float]:
         r"""Rank 0 evaluates on the validation split; every rank applies
         its metrics (model selection, the stage's objective changes)."""
         val = None
@@ -540,7 +543,12 @@ class Trainer:
         improved = stopper.update(epoch, val, stage.modules)
         change = stage.evaluated(val[SELECT_METRIC], improved)
         if change is not None:
-            stopper.bad_evals = 0  # A new objective: patience restarts.
+            # A new objective: patience restarts, and so do the optimizer's
+            # moment estimates (Adam's second moments of the old loss would
+            # shrink the new loss's steps for ~1/(1 - beta2) steps).
+            stopper.bad_evals = 0
+            if optimizer is not None:
+                clear_optimizer_state(optimizer)
             self.logger.log(event='objective', stage=stage.name,
                             epoch=epoch, change=change)
             self.logger.message(f'[{stage.name}] epoch {epoch}: {change}')

@@ -39,7 +39,9 @@ class KDSchedule(Module):
     student stays below its teacher, the run only goes on longer than the
     paper's, so the selected student is at least as good on validation.
     :meth:`step` returns :obj:`True` on each change, and the engine
-    restarts its early-stopping count.
+    restarts its early-stopping count and the optimizer's state (Adam's
+    second moments of the old objective would otherwise shrink the new
+    one's steps for about :math:`1/(1-\beta_2)` steps).
 
     With :obj:`mode="constant"` the scale stays 1 (the paper's fixed
     weights).

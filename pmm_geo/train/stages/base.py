@@ -176,8 +176,9 @@ class Stage:
     def evaluated(self, score: float, improved: bool) -> Optional[str]:
         r"""Called after each validation pass with the validation
         Recall@20 (:obj:`improved`: a new best). A stage that changes its
-        objective then returns a description of the change (logged), and
-        the early-stopping count restarts; otherwise :obj:`None`."""
+        objective then returns a description of the change (logged); the
+        early-stopping count and the optimizer's state (e.g. Adam's moments)
+        then restart. Otherwise :obj:`None`."""
         return None
 
     def num_params(self) -> int:
@@ -254,6 +255,13 @@ class Optimizers:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         for optimizer, sub in zip(self.optimizers, state['optimizers']):
             optimizer.load_state_dict(sub)
+
+
+def clear_optimizer_state(optimizer) -> None:
+    r"""Forgets the running statistics (Adam's moments and step counts) of
+    an optimizer or of every optimizer in an :class:`Optimizers`."""
+    for sub in getattr(optimizer, 'optimizers', [optimizer]):
+        sub.state.clear()
 
 
 def adam(groups: List[dict], config: TrainConfig,
