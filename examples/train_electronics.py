@@ -41,6 +41,14 @@ DEFAULT_SCALE = 0.05
 #: Epoch cap per stage of the synthetic demo (the teacher usually stops
 #: earlier on validation Recall@20; the student uses most of it).
 DEFAULT_EPOCHS = 80
+#: Config keys of the synthetic demo (a file given with ``--config`` wins).
+#: Its planted preferences live in the item features, which an id-only
+#: student learns slowly from scratch: initialised from the teacher's fused
+#: embeddings (``student_init="teacher"``, as the original PromptMM code
+#: does) the student selects validation Recall@20 0.3851 at epoch 32,
+#: against 0.3396 at the 80-epoch cap from random tables, for the same CPU
+#: time (docs/results.md, "Example (synthetic)").
+SYNTHETIC_CONFIG = {'student_init': 'teacher'}
 
 
 def parse_args(argv=None):
@@ -105,7 +113,8 @@ def main(argv=None):
     set_threads(args.threads)
     data = load_data(args)
     config = (TrainConfig.from_json(args.config) if args.config
-              else TrainConfig())
+              else TrainConfig(**(SYNTHETIC_CONFIG if args.root is None
+                                  else {})))
     epochs = args.epochs or (DEFAULT_EPOCHS if args.root is None else None)
     changes = {'model': 'promptmm', 'seed': args.seed}
     if epochs is not None:
