@@ -96,8 +96,8 @@ def model_worker(spec: Dict[str, Any]) -> None:
                                           *next(batches), index, forward)
         wall.append(step_s)
         cpu.append(step_cpu)
-    if not group.is_main:
-        return group.close()
+    if not group.is_main:  # Rank 0 hosts the store: close together.
+        return group.barrier(), group.close()
 
     def per_epoch(times: List[float]) -> float:
         rest = statistics.median(times[1:]) if len(times) > 1 else times[0]
@@ -128,7 +128,7 @@ def model_worker(spec: Dict[str, Any]) -> None:
         'trainable_params': stage.num_params(),
         'threads': torch.get_num_threads(), 'processes': group.world_size,
     })
-    group.close()
+    group.barrier(), group.close()
 
 
 def _run_spec(spec: Dict[str, Any]) -> None:
