@@ -296,3 +296,24 @@ def test_no_sparse_beta_warning(synthetic_data):
             student = LightGCNStudent(120, 80, 8, layout=layout)
             user, item = student.get_embedding(synthetic_data)
             (user.sum() + item.sum()).backward()
+
+
+def test_a_signal_during_a_checkpoint_write_waits_for_the_file(tmp_path):
+    import signal
+    from pmm_geo.train.checkpoint import load_checkpoint, save_checkpoint
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: seen.append('raised'))
+    path = tmp_path / 'state.pt'
+
+    class Tensorish(dict):  # sends SIGTERM to itself while being pickled
+        def __reduce__(self):
+            signal.raise_signal(signal.SIGTERM)
+            seen.append(f'still writing after {len(seen)} handler calls')
+            return (dict, (dict(self),))
+    try:
+        save_checkpoint({'kind': 'x', 'payload': Tensorish(a=1)}, path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # The handler ran once, after the write; the file is whole.
+    assert seen == ['still writing after 0 handler calls', 'raised']
+    assert load_checkpoint(path)['payload'] == {'a': 1}

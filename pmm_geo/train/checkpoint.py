@@ -1,10 +1,13 @@
 r"""Checkpoint I/O: atomic writes, safe loads (:obj:`weights_only=True`) and a
 fingerprint of the data a model was trained on."""
+import contextlib
 import hashlib
 import os
 import pickle
+import signal
 import tempfile
-from typing import Any, Dict, Optional
+import threading
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -33,6 +36,29 @@ def _new_file_mode() -> int:
     return 0o666 & ~mask
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    r"""Holds Ctrl-C and SIGTERM while a file is written and delivers them
+    after: their handlers raise, and an exception raised inside
+    :func:`torch.save`'s writer callback left the zip writer broken (an
+    error or an abort instead of the interrupted run's clean exit)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received, previous = [], {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not None:  # None: set outside Python.
+            previous[sig] = signal.signal(
+                sig, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in received:
+            signal.raise_signal(sig)
+
+
 def _atomic_write(path: str, write) -> None:
     # A temporary file in the same directory, then os.replace: a reader (or a
     # run killed mid-write) sees either the old file or the new one, never a
@@ -46,7 +72,7 @@ def _atomic_write(path: str, write) -> None:
     try:
         if hasattr(os, 'fchmod'):  # mkstemp makes 0600: use the umask.
             os.fchmod(fd, _new_file_mode())
-        with os.fdopen(fd, 'wb') as f:
+        with _signals_held(), os.fdopen(fd, 'wb') as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
