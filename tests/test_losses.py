@@ -418,16 +418,9 @@ def _objective_inputs(seed=0, num_users=6, num_items=9, d_s=4, d=5):
             neg, lists)
 
 
-def test_prompt_mm_objective_is_the_weighted_sum_of_the_losses():
-    from pmm_geo.nn import PromptMMObjective
-    user, item, teacher, users, pos, neg, lists = _objective_inputs()
-    objective = PromptMMObjective(['image', 'text'], 4, 5, pair_weight=0.5,
-                                  list_weight=2., emb_weight=0.25,
-                                  lambda_reg=0.1)
-    table = (user * 2, item * 2)  # Layer-0 tables for the L2 term.
-    loss, parts = objective(user, item, teacher, users, pos, neg, lists,
-                            input_emb=table)
-
+def _reference_objective(objective, user, item, teacher, users, pos, neg,
+                         lists, table):
+    # The objective's terms written with plain indexing (the reference).
     def dot(a, b):
         return (a * b).sum(-1)
 
@@ -436,7 +429,7 @@ def test_prompt_mm_objective_is_the_weighted_sum_of_the_losses():
     t_neg = dot(teacher.user[users], teacher.item[neg])
     l2 = (table[0][users].pow(2).sum() + table[1][pos].pow(2).sum() +
           table[1][neg].pow(2).sum())
-    bpr = BPRLoss(0.1)(s_pos, s_neg, [l2.sqrt()])
+    bpr = BPRLoss(objective.bpr.lambda_reg)(s_pos, s_neg, [l2.sqrt()])
     pair = PairwiseKDLoss()(s_pos - s_neg, t_pos - t_neg)
     s_list = dot(user[users].unsqueeze(1), item[lists])
     listwise = sum(ListwiseKDLoss()(s_list, dot(
@@ -446,15 +439,69 @@ def test_prompt_mm_objective_is_the_weighted_sum_of_the_losses():
     items = torch.cat([pos, neg])
     emb = sum(objective.emb_kd[m](item[items], teacher.modal_item[m][items])
               for m in ('image', 'text'))
-    expected = {'bpr': bpr, 'pair_kd': pair, 'list_kd': listwise,
-                'emb_kd': emb}
+    return {'bpr': bpr, 'pair_kd': pair, 'list_kd': listwise, 'emb_kd': emb}
+
+
+def test_prompt_mm_objective_is_the_weighted_sum_of_the_losses():
+    from pmm_geo.nn import PromptMMObjective
+    user, item, teacher, users, pos, neg, lists = _objective_inputs()
+    objective = PromptMMObjective(['image', 'text'], 4, 5, pair_weight=0.5,
+                                  list_weight=2., emb_weight=0.25,
+                                  lambda_reg=0.1)
+    table = (user * 2, item * 2)  # Layer-0 tables for the L2 term.
+    loss, parts = objective(user, item, teacher, users, pos, neg, lists,
+                            input_emb=table)
+    expected = _reference_objective(objective, user, item, teacher, users,
+                                    pos, neg, lists, table)
     assert set(parts) == set(expected)
     for name, value in expected.items():
         assert parts[name].item() == pytest.approx(value.item(), rel=1e-5)
+    bpr, pair, listwise, emb = (expected[k] for k in
+                                ('bpr', 'pair_kd', 'list_kd', 'emb_kd'))
     assert loss.item() == pytest.approx(
         (bpr + 0.5 * pair + 2. * listwise + 0.25 * emb).item(), rel=1e-5)
     # A narrower student gets one train-only head per modality.
     assert all(h.head.weight.shape == (5, 4) for h in objective.emb_kd.values())
+
+
+def test_prompt_mm_objective_gradients_match_the_indexing_reference():
+    # The objective gathers rows with F.embedding (a cheaper kernel than
+    # advanced indexing): the same gradients, repeated ids accumulated, for
+    # the student's tables and for the teacher's (the prompt learns through
+    # them in stage 2).
+    from pmm_geo.nn import PromptMMObjective
+    from pmm_geo.nn.models import TeacherOutput
+    user, item, teacher, users, pos, neg, lists = _objective_inputs()
+    objective = PromptMMObjective(['image', 'text'], 4, 5, pair_weight=0.5,
+                                  list_weight=2., emb_weight=0.25,
+                                  lambda_reg=0.1)
+
+    def grads(compute):
+        leaves = [user.clone().requires_grad_(), item.clone().requires_grad_()]
+        t_leaves = [x.clone().requires_grad_() for x in (
+            teacher.user, teacher.item, *teacher.modal_user.values(),
+            *teacher.modal_item.values())]
+        out = TeacherOutput(t_leaves[0], t_leaves[1],
+                            dict(zip(teacher.modal_user, t_leaves[2:4])),
+                            dict(zip(teacher.modal_item, t_leaves[4:])))
+        table = (leaves[0] * 2, leaves[1] * 2)
+        loss = compute(leaves[0], leaves[1], out, table)
+        loss.backward()
+        return [x.grad for x in leaves + t_leaves]
+
+    def ours(u, i, out, table):
+        return objective(u, i, out, users, pos, neg, lists,
+                         input_emb=table).loss
+
+    def reference(u, i, out, table):
+        parts = _reference_objective(objective, u, i, out, users, pos, neg,
+                                     lists, table)
+        return (parts['bpr'] + 0.5 * parts['pair_kd'] +
+                2. * parts['list_kd'] + 0.25 * parts['emb_kd'])
+
+    for got, want in zip(grads(ours), grads(reference)):
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_prompt_mm_objective_weights_can_change_and_gate():

@@ -2,6 +2,7 @@ r"""The two computations every pmm_geo recommender shares: the bipartite
 LightGCN layer stack and the dot-product scoring of user-item pairs."""
 from typing import Optional, Sequence, Tuple
 
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
@@ -64,6 +65,15 @@ def lightgcn_propagate(
     return out_user, out_item
 
 
+def gather_rows(table: Tensor, ids: Tensor) -> Tensor:
+    r"""The rows :obj:`table[ids]` (:obj:`ids` of any shape), through
+    :func:`~torch.nn.functional.embedding`: an :obj:`index_select` forward
+    and a dense row-accumulating backward, 2-3x cheaper on CPU than
+    advanced indexing (:obj:`aten::index` and its :obj:`index_put_`
+    backward) for the :obj:`[B, n]` id blocks of candidate lists."""
+    return F.embedding(ids, table)
+
+
 def _dot(user: Tensor, item: Tensor) -> Tensor:
     # item is [B, d] or [B, n, d] (n candidates per row).
     if item.dim() == 3:
@@ -83,7 +93,7 @@ def pair_scores(user_emb: Tensor, item_emb: Tensor, users: Tensor,
         users (torch.Tensor): User ids :obj:`[B]`.
         items (torch.Tensor): Item ids :obj:`[B]` or :obj:`[B, n]`.
     """
-    return _dot(user_emb[users], item_emb[items])
+    return _dot(gather_rows(user_emb, users), gather_rows(item_emb, items))
 
 
 def bpr_scores(user_emb: Tensor, item_emb: Tensor, users: Tensor,
@@ -99,8 +109,9 @@ def bpr_scores(user_emb: Tensor, item_emb: Tensor, users: Tensor,
         pos (torch.Tensor): Positive item ids :obj:`[B]`.
         neg (torch.Tensor): Negative item ids :obj:`[B]` or :obj:`[B, n]`.
     """
-    user = user_emb[users]
-    return _dot(user, item_emb[pos]), _dot(user, item_emb[neg])
+    user = gather_rows(user_emb, users)
+    return (_dot(user, gather_rows(item_emb, pos)),
+            _dot(user, gather_rows(item_emb, neg)))
 
 
-__all__ = ['lightgcn_propagate', 'pair_scores', 'bpr_scores']
+__all__ = ['lightgcn_propagate', 'gather_rows', 'pair_scores', 'bpr_scores']

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module, ModuleDict
 
-from pmm_geo.nn.functional import bpr_scores, pair_scores
+from pmm_geo.nn.functional import bpr_scores, gather_rows, pair_scores
 from pmm_geo.nn.losses import (
     BPRLoss,
     EmbeddingKDLoss,
@@ -257,10 +257,11 @@ class PromptMMObjective(Module):
     def emb_term(self, item_emb: Tensor, teacher, items: Tensor) -> Tensor:
         r""":math:`\sum_m \mathcal{L}_{emb}^m` over :obj:`items` (repeats
         kept)."""
-        s_items = item_emb[items]
+        s_items = gather_rows(item_emb, items)
         total = 0.
         for m, loss in self.emb_kd.items():
-            total = total + loss(s_items, teacher.modal_item[m][items])
+            total = total + loss(s_items,
+                                 gather_rows(teacher.modal_item[m], items))
         return total
 
     def __repr__(self) -> str:
