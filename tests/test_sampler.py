@@ -172,3 +172,27 @@ def test_epoch_shards_partition_one_epoch():
                                           drop_last=True))) == 2
     with pytest.raises(ValueError, match="'shard' must be in 0..2"):
         sampler.epoch_batches(3, num_shards=3, shard=3)
+
+
+def test_dense_membership_table_gives_the_same_draws(monkeypatch):
+    # Small graphs read membership from a dense U x I table; large ones
+    # search the sorted keys. Same answers on every cell, so the same draws.
+    import pmm_geo.data.sampler as sampler_module
+    adj, edge_index = dense_graph(num_users=25, num_items=35, seed=4)
+    dense = NegativeSampler(edge_index, *adj.shape)
+    monkeypatch.setattr(sampler_module, 'DENSE_MEMBERSHIP_MAX_CELLS',
+                        adj.numel() - 1)
+    keys = NegativeSampler(edge_index, *adj.shape)
+    assert dense.pos_table is not None and keys.pos_table is None
+    users = torch.arange(adj.size(0)).view(-1, 1).expand_as(adj)
+    items = torch.arange(adj.size(1)).expand_as(adj)
+    assert torch.equal(dense.is_positive(users, items), adj)
+    assert torch.equal(keys.is_positive(users, items), adj)
+    draws = []
+    for sampler in (dense, keys):
+        gen = torch.Generator().manual_seed(5)
+        batch_users = torch.randint(adj.size(0), (500, ), generator=gen)
+        draws.append(sampler.candidate_lists(
+            batch_users, torch.zeros(500, dtype=torch.long), 10,
+            generator=gen))
+    assert torch.equal(*draws)
