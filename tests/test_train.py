@@ -420,3 +420,34 @@ def test_a_registered_model_trains_exports_and_loads(data, tmp_path):
             register_model(ModelSpec('wide', (WideStage, ), False))
     finally:
         MODELS.pop('wide')
+
+
+def test_teacher_refresh_tunes_the_prompt_every_k_steps(data):
+    # Full batching: the teacher's forward (with gradient to the prompt)
+    # runs at steps 0, k, 2k, ... of an epoch; in between the student
+    # distils from those targets, detached, and the prompt stays put.
+    from pmm_geo.train import train_step
+    from pmm_geo.train.stages.base import Batch
+    trainer = Trainer(data, tiny_config(teacher_refresh=3, batching='full'),
+                      quiet=True)
+    stages = trainer.stages()
+    next(stages)
+    stage = next(stages)
+    optimizer = stage.optimizer()
+    stage.train_mode()
+    prompt = [p for p in stage.modules['teacher'].prompt.parameters()
+              if p.requires_grad]
+    users, pos, neg = next(trainer.sampler.epoch_batches(64,
+                                                         trainer.generator))
+    for index in range(7):
+        before = [p.detach().clone() for p in prompt]
+        targets = stage.teacher_targets(Batch(stage.ctx.graph, users, pos,
+                                              neg, None, index))
+        assert targets.user.requires_grad == (index % 3 == 0), index
+        if index % 3 == 0:
+            refreshed = targets.user.detach().clone()
+        else:  # The last refresh's targets, before the prompt moved.
+            assert torch.equal(targets.user, refreshed)
+        train_step(stage, optimizer, users, pos, neg, index)
+        moved = any(not torch.equal(b, p) for b, p in zip(before, prompt))
+        assert moved == (index % 3 == 0), index
