@@ -533,3 +533,27 @@ def test_prompt_mm_objective_weights_can_change_and_gate():
     with pytest.raises(ValueError, match='candidate'):
         objective(user, item, teacher, users, pos, neg)
     assert 'PromptMMObjective(modalities=' in repr(objective)
+
+
+def test_prompt_mm_objective_fused_list_target():
+    from pmm_geo.nn import PromptMMObjective
+    user, item, teacher, users, pos, neg, lists = _objective_inputs(d_s=5)
+    objective = PromptMMObjective(['image', 'text'], 5, 5, pair_weight=0.,
+                                  emb_weight=0., list_target='fused')
+
+    def dot(a, b):
+        return (a * b).sum(-1)
+
+    # Both modality terms distil the fused teacher's scores of the lists.
+    s_list = dot(user[users].unsqueeze(1), item[lists])
+    t_list = dot(teacher.user[users].unsqueeze(1), teacher.item[lists])
+    expected = 2 * ListwiseKDLoss()(s_list, t_list)
+    _, parts = objective(user, item, teacher, users, pos, neg, lists)
+    assert parts['list_kd'].item() == pytest.approx(expected.item(), rel=1e-5)
+    branches = PromptMMObjective(['image', 'text'], 5, 5, pair_weight=0.,
+                                 emb_weight=0.)
+    _, other = branches(user, item, teacher, users, pos, neg, lists)
+    assert other['list_kd'].item() != pytest.approx(expected.item(), rel=1e-3)
+    assert "list_target='fused'" in repr(objective)
+    with pytest.raises(ValueError, match="'list_target' must be one of"):
+        PromptMMObjective(['image'], 5, 5, list_target='modal')

@@ -15,6 +15,9 @@ from pmm_geo.nn.losses import (
 
 Weight = Union[float, Tensor]
 
+#: Whose scores the listwise term distils.
+LIST_TARGETS = ('branches', 'fused')
+
 
 class ObjectiveOutput(NamedTuple):
     r"""The output of :class:`PromptMMObjective`: the weighted total
@@ -73,7 +76,9 @@ class PromptMMObjective(Module):
     - :math:`\mathcal{L}_{list}^m`: :class:`~pmm_geo.nn.ListwiseKDLoss` of
       the student's scores of each user's candidate list (its positive,
       then sampled true negatives) against the scores of the teacher's
-      modality-:math:`m` branch (modality-aware);
+      modality-:math:`m` branch (modality-aware); with
+      :obj:`list_target="fused"`, every :math:`m` takes the teacher's fused
+      scores instead (:math:`M` times one term: the same total weight);
     - :math:`\mathcal{L}_{emb}^m`: :class:`~pmm_geo.nn.EmbeddingKDLoss`
       between the student's item embeddings :math:`g_m(\mathbf{s}_i)` and
       the teacher's modality-:math:`m` item embeddings, over the batch's
@@ -126,6 +131,11 @@ class PromptMMObjective(Module):
             (default: :obj:`True`)
         emb_alpha (float): Exponent of the embedding KD's scaled cosine
             error. (default: :obj:`2.`)
+        list_target (str): Whose scores the listwise term distils:
+            :obj:`"branches"` (each modality branch, the paper) or
+            :obj:`"fused"` (the teacher's fused embeddings, which rank
+            better than the branches on dense data).
+            (default: :obj:`"branches"`)
 
     Shapes:
         - **input:** student embeddings :math:`(U, d_s)`, :math:`(I, d_s)`;
@@ -150,8 +160,13 @@ class PromptMMObjective(Module):
         list_beta: float = 1.,
         list_reweight: bool = True,
         emb_alpha: float = 2.,
+        list_target: str = 'branches',
     ):
         super().__init__()
+        if list_target not in LIST_TARGETS:
+            raise ValueError(f"PromptMMObjective: 'list_target' must be one "
+                             f'of {LIST_TARGETS}, got {list_target!r}')
+        self.list_target = list_target
         self.modalities = list(modalities)
         if not self.modalities:
             raise ValueError("PromptMMObjective: 'modalities' is empty: the "
@@ -245,8 +260,12 @@ class PromptMMObjective(Module):
     def list_term(self, user_emb: Tensor, item_emb: Tensor, teacher,
                   users: Tensor, lists: Tensor) -> Tensor:
         r""":math:`\sum_m \mathcal{L}_{list}^m`, each against the teacher's
-        modality-:math:`m` branch."""
+        modality-:math:`m` branch (or its fused scores, see
+        :obj:`list_target`)."""
         s_logits = pair_scores(user_emb, item_emb, users, lists)
+        if self.list_target == 'fused':
+            t_logits = pair_scores(teacher.user, teacher.item, users, lists)
+            return len(self.modalities) * self.list_kd(s_logits, t_logits)
         total = 0.
         for m in self.modalities:
             t_logits = pair_scores(teacher.modal_user[m], teacher.modal_item[m],
@@ -269,7 +288,8 @@ class PromptMMObjective(Module):
                 f'{self.student_dim}, {self.teacher_dim}, '
                 f'pair_weight={self.pair_weight}, '
                 f'list_weight={self.list_weight}, '
-                f'emb_weight={self.emb_weight})')
+                f'emb_weight={self.emb_weight}, '
+                f'list_target={self.list_target!r})')
 
 
-__all__ = ['PromptMMObjective', 'ObjectiveOutput', 'bpr_loss']
+__all__ = ['PromptMMObjective', 'ObjectiveOutput', 'bpr_loss', 'LIST_TARGETS']

@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Mapping, Tuple
 
+from pmm_geo.nn.objective import LIST_TARGETS
+
 from .kd_schedule import SCHEDULES
 
 STUDENT_INITS = ('fresh', 'teacher')
@@ -93,6 +95,10 @@ class TrainConfig:
             ended the stage (the student then goes on with BPR alone until
             :obj:`patience` runs out again); :obj:`"constant"` keeps them
             fixed (the paper). (default: :obj:`"plateau"`)
+        kd_list_target (str): Whose scores the listwise KD distils:
+            :obj:`"branches"` (each modality branch, the paper) or
+            :obj:`"fused"` (the teacher's fused embeddings, for every
+            modality term). (default: :obj:`"branches"`)
         pair_tau (float): Temperature of the pairwise KD. (default: :obj:`1.0`)
         list_tau (float): Temperature of the listwise KD. (default: :obj:`1.0`)
         list_alpha (float): Weight of the target (positive vs rest) part of
@@ -209,6 +215,7 @@ class TrainConfig:
     kd_list_weight: float = 1.0
     kd_emb_weight: float = 0.1
     kd_schedule: str = 'plateau'
+    kd_list_target: str = 'branches'
     pair_tau: float = 1.0
     list_tau: float = 1.0
     list_alpha: float = 1.0
@@ -353,6 +360,9 @@ class TrainConfig:
         if not 0 <= self.lattice_lambda <= 1:
             raise ConfigError(f"'lattice_lambda' must be in [0, 1], got "
                               f'{self.lattice_lambda}')
+        if self.kd_list_target not in LIST_TARGETS:
+            raise ConfigError(f"'kd_list_target' must be one of "
+                              f"{LIST_TARGETS}, got '{self.kd_list_target}'")
         if self.kd_schedule not in SCHEDULES:
             raise ConfigError(f"'kd_schedule' must be one of {SCHEDULES}, "
                               f"got '{self.kd_schedule}'")

@@ -63,7 +63,8 @@ def build_objective(config: TrainConfig,
         emb_weight=config.kd_emb_weight, lambda_reg=config.reg_weight,
         pair_tau=config.pair_tau, list_tau=config.list_tau,
         list_alpha=config.list_alpha, list_beta=config.list_beta,
-        list_reweight=config.list_reweight, emb_alpha=config.emb_alpha)
+        list_reweight=config.list_reweight, emb_alpha=config.emb_alpha,
+        list_target=config.kd_list_target)
 
 
 class TeacherStage(Stage):
