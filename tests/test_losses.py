@@ -557,3 +557,46 @@ def test_prompt_mm_objective_fused_list_target():
     assert "list_target='fused'" in repr(objective)
     with pytest.raises(ValueError, match="'list_target' must be one of"):
         PromptMMObjective(['image'], 5, 5, list_target='modal')
+
+
+def test_one_sided_pairwise_counts_rows_where_the_teacher_is_surer():
+    student = torch.tensor([0.5, 2.0, -1.0, 1.0], requires_grad=True)
+    teacher = torch.tensor([1.5, 1.0, 0.0, 1.0])
+    both = PairwiseKDLoss(reduction='none')(student, teacher)
+    one = PairwiseKDLoss(one_sided=True, reduction='none')(student, teacher)
+    # Rows 0 and 2: teacher margin larger -> the two-sided loss; row 1: the
+    # student is surer -> 0 (two-sided it is > 0); row 3: equal -> 0.
+    assert both[1] > 0
+    assert torch.allclose(one, both * torch.tensor([1., 0., 1., 0.]))
+    # The gradient never lowers the student's margin.
+    PairwiseKDLoss(one_sided=True)(student, teacher).backward()
+    assert (student.grad <= 0).all() and (student.grad[[0, 2]] < 0).all()
+    assert repr(PairwiseKDLoss(one_sided=True)) == \
+        'PairwiseKDLoss(tau=1.0, one_sided=True)'
+
+
+def test_one_sided_listwise_counts_rows_where_the_teacher_is_surer():
+    student = torch.tensor([[2.0, 0.0, 1.0], [0.0, 1.0, 0.5],
+                            [1.0, 1.0, 1.0]])
+    teacher = torch.tensor([[1.0, 0.5, 0.0], [1.0, 0.0, 0.2],
+                            [0.5, 1.0, 0.0]])
+    both = ListwiseKDLoss(reduction='none')(student, teacher)
+    one = ListwiseKDLoss(one_sided=True, reduction='none')(student, teacher)
+    p_s = student.softmax(-1)[:, 0]
+    p_t = teacher.softmax(-1)[:, 0]
+    surer = (p_t > p_s).float()
+    assert surer.tolist() == [0., 1., 0.]  # The case mix this test needs.
+    assert torch.allclose(one, both * surer)
+    assert (both > 0).all()
+    assert 'one_sided=True' in repr(ListwiseKDLoss(one_sided=True))
+
+
+def test_config_reaches_the_objective():
+    from pmm_geo.train import TrainConfig
+    from pmm_geo.train.stages.promptmm import build_objective
+    objective = build_objective(
+        TrainConfig(kd_one_sided=True, kd_list_target='fused'), ['image'])
+    assert objective.pair_kd.one_sided and objective.list_kd.one_sided
+    assert objective.list_target == 'fused'
+    default = build_objective(TrainConfig(), ['image'])
+    assert not default.pair_kd.one_sided and default.list_target == 'branches'

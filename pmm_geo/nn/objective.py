@@ -131,6 +131,10 @@ class PromptMMObjective(Module):
             (default: :obj:`True`)
         emb_alpha (float): Exponent of the embedding KD's scaled cosine
             error. (default: :obj:`2.`)
+        one_sided (bool): Count a pairwise or listwise KD row only where
+            the teacher is surer of the positive than the student (see
+            :class:`~pmm_geo.nn.PairwiseKDLoss`), so the distillation never
+            caps a student that outgrows its teacher. (default: :obj:`False`)
         list_target (str): Whose scores the listwise term distils:
             :obj:`"branches"` (each modality branch, the paper) or
             :obj:`"fused"` (the teacher's fused embeddings, which rank
@@ -161,6 +165,7 @@ class PromptMMObjective(Module):
         list_reweight: bool = True,
         emb_alpha: float = 2.,
         list_target: str = 'branches',
+        one_sided: bool = False,
     ):
         super().__init__()
         if list_target not in LIST_TARGETS:
@@ -176,9 +181,9 @@ class PromptMMObjective(Module):
         self.list_weight = list_weight
         self.emb_weight = emb_weight
         self.bpr = BPRLoss(lambda_reg)
-        self.pair_kd = PairwiseKDLoss(pair_tau)
+        self.pair_kd = PairwiseKDLoss(pair_tau, one_sided)
         self.list_kd = ListwiseKDLoss(list_tau, list_alpha, list_beta,
-                                      list_reweight)
+                                      list_reweight, one_sided)
         head = (student_dim, teacher_dim) if student_dim != teacher_dim \
             else (None, None)
         self.emb_kd = ModuleDict(

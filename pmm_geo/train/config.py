@@ -95,6 +95,11 @@ class TrainConfig:
             ended the stage (the student then goes on with BPR alone until
             :obj:`patience` runs out again); :obj:`"constant"` keeps them
             fixed (the paper). (default: :obj:`"plateau"`)
+        kd_one_sided (bool): The pairwise and listwise KD count a row only
+            where the teacher is surer of the positive than the student
+            (:class:`~pmm_geo.nn.PairwiseKDLoss`): they can raise the
+            student's confidence, never cap it at the teacher's.
+            (default: :obj:`False`)
         kd_list_target (str): Whose scores the listwise KD distils:
             :obj:`"branches"` (each modality branch, the paper) or
             :obj:`"fused"` (the teacher's fused embeddings, for every
@@ -216,6 +221,7 @@ class TrainConfig:
     kd_emb_weight: float = 0.1
     kd_schedule: str = 'plateau'
     kd_list_target: str = 'branches'
+    kd_one_sided: bool = False
     pair_tau: float = 1.0
     list_tau: float = 1.0
     list_alpha: float = 1.0

@@ -40,8 +40,15 @@ class ListwiseKDLoss(_Loss):
     finite logits. The :math:`\tau^2` factor (Hinton et al., 2015) is the
     same as in :class:`PairwiseKDLoss`.
 
+    With :obj:`one_sided=True` a row counts only where the teacher puts
+    more probability on the positive than the student,
+    :math:`\ell_b \cdot \mathbb{1}[p^T_0 > p^S_0]`: the loss then never
+    pulls a student that is surer of a known positive back to its teacher
+    (on dense data the two-sided target term caps the student at its
+    teacher's confidence).
+
     The loss does not detach :obj:`teacher_logits` (only the weight
-    :math:`w`): in stage 2 the soft prompt learns through the teacher's
+    :math:`w` and the row mask): in stage 2 the soft prompt learns through the teacher's
     targets. Detach the teacher's logits yourself where they must stay
     constant.
 
@@ -55,6 +62,8 @@ class ListwiseKDLoss(_Loss):
         reweight (bool, optional): If :obj:`True`, the non-target term of a
             row is weighted by the teacher's non-target mass
             :math:`1 - p^T_0` (default: :obj:`True`).
+        one_sided (bool, optional): If :obj:`True`, only rows where
+            :math:`p^T_0 > p^S_0` count (default: :obj:`False`).
         reduction (str, optional): How the per-row losses are reduced over
             the batch: :obj:`'mean'`, :obj:`'sum'` or :obj:`'none'`
             (default: :obj:`'mean'`).
@@ -64,20 +73,24 @@ class ListwiseKDLoss(_Loss):
           :math:`(B, 1 + n)`, :math:`n \geq 1`, column 0 the positive
         - **output:** scalar, or :math:`(B)` if :obj:`reduction='none'`
     """
-    __constants__ = ['tau', 'alpha', 'beta', 'reweight', 'reduction']
+    __constants__ = ['tau', 'alpha', 'beta', 'reweight', 'one_sided',
+                     'reduction']
     tau: float
     alpha: float
     beta: float
     reweight: bool
+    one_sided: bool
 
     def __init__(self, tau: float = 1., alpha: float = 1., beta: float = 1.,
-                 reweight: bool = True, reduction: str = 'mean'):
+                 reweight: bool = True, one_sided: bool = False,
+                 reduction: str = 'mean'):
         name = self.__class__.__name__
         super().__init__(reduction=check_reduction(name, reduction))
         self.tau = check_positive(name, 'tau', tau)
         self.alpha = check_non_negative(name, 'alpha', alpha)
         self.beta = check_non_negative(name, 'beta', beta)
         self.reweight = bool(reweight)
+        self.one_sided = bool(one_sided)
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         r"""Computes the loss.
@@ -106,13 +119,17 @@ class ListwiseKDLoss(_Loss):
             non_target_kl = non_target_kl * log_b_t[:, 1].exp().detach()
 
         loss = self.alpha * target_kl + self.beta * non_target_kl
+        if self.one_sided:
+            surer = (log_b_t[:, 0] > log_b_s[:, 0]).detach()
+            loss = loss * surer.to(loss.dtype)
         return reduce_rows(loss * self.tau**2, self.reduction)
 
     def __repr__(self) -> str:
         return format_repr(
             self.__class__.__name__,
             f'tau={self.tau}, alpha={self.alpha}, beta={self.beta}, '
-            f'reweight={self.reweight}', self.reduction)
+            f'reweight={self.reweight}'
+            f"{', one_sided=True' if self.one_sided else ''}", self.reduction)
 
 
 def _split_log_probs(z: Tensor) -> Tuple[Tensor, Tensor]:

@@ -33,6 +33,12 @@ class PairwiseKDLoss(_Loss):
     The :math:`\tau^2` factor (Hinton et al., 2015) keeps the gradient scale
     independent of the temperature, as in :class:`ListwiseKDLoss`.
 
+    With :obj:`one_sided=True` a row counts only where the teacher is the
+    surer of the two, :math:`\ell_b \cdot \mathbb{1}[t > s]`: the loss then
+    never lowers the student's margin (where the student already ranks the
+    positive higher than the teacher, the two-sided KL would pull it back
+    to the teacher's margin, a cap on a student that outgrows its teacher).
+
     The loss does not detach :obj:`teacher_margin`: in stage 2 the soft
     prompt learns through the teacher's targets. Call :meth:`detach` on the
     teacher's margin yourself where it must stay a constant.
@@ -40,6 +46,9 @@ class PairwiseKDLoss(_Loss):
     Args:
         tau (float, optional): The temperature :math:`\tau > 0`
             (default: :obj:`1.`).
+        one_sided (bool, optional): If :obj:`True`, only rows where the
+            teacher's margin exceeds the student's count (default:
+            :obj:`False`).
         reduction (str, optional): How the per-row losses are reduced over
             the batch: :obj:`'mean'`, :obj:`'sum'` or :obj:`'none'`
             (default: :obj:`'mean'`).
@@ -50,13 +59,16 @@ class PairwiseKDLoss(_Loss):
           row's loss is the mean over them)
         - **output:** scalar, or :math:`(B)` if :obj:`reduction='none'`
     """
-    __constants__ = ['tau', 'reduction']
+    __constants__ = ['tau', 'one_sided', 'reduction']
     tau: float
+    one_sided: bool
 
-    def __init__(self, tau: float = 1., reduction: str = 'mean'):
+    def __init__(self, tau: float = 1., one_sided: bool = False,
+                 reduction: str = 'mean'):
         name = self.__class__.__name__
         super().__init__(reduction=check_reduction(name, reduction))
         self.tau = check_positive(name, 'tau', tau)
+        self.one_sided = bool(one_sided)
 
     def forward(self, student_margin: Tensor, teacher_margin: Tensor) -> Tensor:
         r"""Computes the loss.
@@ -81,10 +93,13 @@ class PairwiseKDLoss(_Loss):
         kl = (t.sigmoid() * (F.logsigmoid(t) - F.logsigmoid(s)) +
               (-t).sigmoid() * (F.logsigmoid(-t) - F.logsigmoid(-s)))
         loss = kl * self.tau**2
+        if self.one_sided:
+            loss = loss * (t > s).detach().to(loss.dtype)
         if loss.dim() == 2:
             loss = loss.mean(-1)
         return reduce_rows(loss, self.reduction)
 
     def __repr__(self) -> str:
-        return format_repr(self.__class__.__name__, f'tau={self.tau}',
+        extra = ', one_sided=True' if self.one_sided else ''
+        return format_repr(self.__class__.__name__, f'tau={self.tau}{extra}',
                            self.reduction)

@@ -64,7 +64,7 @@ def build_objective(config: TrainConfig,
         pair_tau=config.pair_tau, list_tau=config.list_tau,
         list_alpha=config.list_alpha, list_beta=config.list_beta,
         list_reweight=config.list_reweight, emb_alpha=config.emb_alpha,
-        list_target=config.kd_list_target)
+        list_target=config.kd_list_target, one_sided=config.kd_one_sided)
 
 
 class TeacherStage(Stage):
