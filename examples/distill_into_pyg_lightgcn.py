@@ -86,7 +86,8 @@ def build_objective(targets, student_dim: int,
         list(targets.modal_item), student_dim, targets.user.size(1),
         pair_weight=weights['pair'], list_weight=weights['list'],
         emb_weight=weights['emb'], lambda_reg=weights['reg'],
-        pair_tau=weights['tau'], list_tau=weights['tau'])
+        pair_tau=weights['tau'], list_tau=weights['tau'],
+        one_sided=bool(weights.get('one_sided', True)))
 
 
 def batch_loss(objective: PromptMMObjective, student: LightGCN, adj_t,
@@ -149,8 +150,10 @@ def main(data=None, teacher_epochs: int = 20, student_epochs: int = 30,
         num_negatives (int): Negatives per listwise list. (default: :obj:`10`)
         lr (float): Adam learning rate of both. (default: :obj:`1e-2`)
         weights (Dict[str, float], optional): Loss weights :obj:`'pair'`,
-            :obj:`'list'`, :obj:`'emb'`, the BPR :obj:`'reg'` and the KD
-            temperature :obj:`'tau'`.
+            :obj:`'list'`, :obj:`'emb'`, the BPR :obj:`'reg'`, the KD
+            temperature :obj:`'tau'` and :obj:`'one_sided'` (the engine's
+            default :obj:`True`: the ranking KD never caps the student at
+            its teacher; :obj:`False` is the paper's two-sided loss).
         seed (int): Random seed. (default: :obj:`0`)
         verbose (bool): Print progress. (default: :obj:`True`)
 

@@ -81,7 +81,8 @@ def test_engine_and_example_train_on_the_same_objective(example):
     targets = stage.teacher_targets()
     objective = example.build_objective(targets, 8, {
         'pair': config.kd_pair_weight, 'list': config.kd_list_weight,
-        'emb': config.kd_emb_weight, 'reg': config.reg_weight, 'tau': 1.})
+        'emb': config.kd_emb_weight, 'reg': config.reg_weight, 'tau': 1.,
+        'one_sided': config.kd_one_sided})
     assert type(stage.objective) is PromptMMObjective
     assert type(objective) is PromptMMObjective
     objective.load_state_dict(stage.objective.state_dict())  # Same heads.

@@ -599,4 +599,6 @@ def test_config_reaches_the_objective():
     assert objective.pair_kd.one_sided and objective.list_kd.one_sided
     assert objective.list_target == 'fused'
     default = build_objective(TrainConfig(), ['image'])
-    assert not default.pair_kd.one_sided and default.list_target == 'branches'
+    assert default.pair_kd.one_sided and default.list_target == 'branches'
+    paper = build_objective(TrainConfig(kd_one_sided=False), ['image'])
+    assert not paper.pair_kd.one_sided and not paper.list_kd.one_sided

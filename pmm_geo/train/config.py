@@ -98,8 +98,10 @@ class TrainConfig:
         kd_one_sided (bool): The pairwise and listwise KD count a row only
             where the teacher is surer of the positive than the student
             (:class:`~pmm_geo.nn.PairwiseKDLoss`): they can raise the
-            student's confidence, never cap it at the teacher's.
-            (default: :obj:`False`)
+            student's confidence, never cap it at the teacher's. The
+            default on validation over Scientific and MovieLens-100k
+            (docs/results.md); :obj:`False` is the paper's two-sided KL.
+            (default: :obj:`True`)
         kd_list_target (str): Whose scores the listwise KD distils:
             :obj:`"branches"` (each modality branch, the paper) or
             :obj:`"fused"` (the teacher's fused embeddings, for every
@@ -221,7 +223,7 @@ class TrainConfig:
     kd_emb_weight: float = 0.1
     kd_schedule: str = 'plateau'
     kd_list_target: str = 'branches'
-    kd_one_sided: bool = False
+    kd_one_sided: bool = True
     pair_tau: float = 1.0
     list_tau: float = 1.0
     list_alpha: float = 1.0
