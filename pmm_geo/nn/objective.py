@@ -131,15 +131,17 @@ class PromptMMObjective(Module):
             (default: :obj:`True`)
         emb_alpha (float): Exponent of the embedding KD's scaled cosine
             error. (default: :obj:`2.`)
-        one_sided (bool): Count a pairwise or listwise KD row only where
-            the teacher is surer of the positive than the student (see
-            :class:`~pmm_geo.nn.PairwiseKDLoss`), so the distillation never
-            caps a student that outgrows its teacher. (default: :obj:`False`)
         list_target (str): Whose scores the listwise term distils:
             :obj:`"branches"` (each modality branch, the paper) or
             :obj:`"fused"` (the teacher's fused embeddings, which rank
             better than the branches on dense data).
             (default: :obj:`"branches"`)
+        one_sided (bool): Count a pairwise or listwise KD row only where
+            the teacher is surer of the positive than the student (see
+            :class:`~pmm_geo.nn.PairwiseKDLoss`), so the distillation never
+            caps a student that outgrows its teacher. (default:
+            :obj:`False`, the paper's loss; the training engine's default
+            is :obj:`True`, see :class:`~pmm_geo.train.TrainConfig`)
 
     Shapes:
         - **input:** student embeddings :math:`(U, d_s)`, :math:`(I, d_s)`;
@@ -294,7 +296,8 @@ class PromptMMObjective(Module):
                 f'pair_weight={self.pair_weight}, '
                 f'list_weight={self.list_weight}, '
                 f'emb_weight={self.emb_weight}, '
-                f'list_target={self.list_target!r})')
+                f'list_target={self.list_target!r}, '
+                f'one_sided={self.pair_kd.one_sided})')
 
 
 __all__ = ['PromptMMObjective', 'ObjectiveOutput', 'bpr_loss', 'LIST_TARGETS']
