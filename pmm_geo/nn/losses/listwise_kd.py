@@ -48,9 +48,9 @@ class ListwiseKDLoss(_Loss):
     teacher's confidence).
 
     The loss does not detach :obj:`teacher_logits` (only the weight
-    :math:`w` and the row mask): in stage 2 the soft prompt learns through the teacher's
-    targets. Detach the teacher's logits yourself where they must stay
-    constant.
+    :math:`w` and the row mask): in stage 2 the soft prompt learns through
+    the teacher's targets. Detach the teacher's logits yourself where they
+    must stay constant.
 
     Args:
         tau (float, optional): The temperature :math:`\tau > 0`
