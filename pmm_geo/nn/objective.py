@@ -183,9 +183,9 @@ class PromptMMObjective(Module):
         self.list_weight = list_weight
         self.emb_weight = emb_weight
         self.bpr = BPRLoss(lambda_reg)
-        self.pair_kd = PairwiseKDLoss(pair_tau, one_sided)
+        self.pair_kd = PairwiseKDLoss(pair_tau, one_sided=one_sided)
         self.list_kd = ListwiseKDLoss(list_tau, list_alpha, list_beta,
-                                      list_reweight, one_sided)
+                                      list_reweight, one_sided=one_sided)
         head = (student_dim, teacher_dim) if student_dim != teacher_dim \
             else (None, None)
         self.emb_kd = ModuleDict(

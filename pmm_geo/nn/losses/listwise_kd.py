@@ -62,19 +62,19 @@ class ListwiseKDLoss(_Loss):
         reweight (bool, optional): If :obj:`True`, the non-target term of a
             row is weighted by the teacher's non-target mass
             :math:`1 - p^T_0` (default: :obj:`True`).
-        one_sided (bool, optional): If :obj:`True`, only rows where
-            :math:`p^T_0 > p^S_0` count (default: :obj:`False`).
         reduction (str, optional): How the per-row losses are reduced over
             the batch: :obj:`'mean'`, :obj:`'sum'` or :obj:`'none'`
             (default: :obj:`'mean'`).
+        one_sided (bool, optional): If :obj:`True`, only rows where
+            :math:`p^T_0 > p^S_0` count (default: :obj:`False`).
 
     Shapes:
         - **input:** student logits :math:`(B, 1 + n)`, teacher logits
           :math:`(B, 1 + n)`, :math:`n \geq 1`, column 0 the positive
         - **output:** scalar, or :math:`(B)` if :obj:`reduction='none'`
     """
-    __constants__ = ['tau', 'alpha', 'beta', 'reweight', 'one_sided',
-                     'reduction']
+    __constants__ = ['tau', 'alpha', 'beta', 'reweight', 'reduction',
+                     'one_sided']
     tau: float
     alpha: float
     beta: float
@@ -82,8 +82,8 @@ class ListwiseKDLoss(_Loss):
     one_sided: bool
 
     def __init__(self, tau: float = 1., alpha: float = 1., beta: float = 1.,
-                 reweight: bool = True, one_sided: bool = False,
-                 reduction: str = 'mean'):
+                 reweight: bool = True, reduction: str = 'mean',
+                 one_sided: bool = False):
         name = self.__class__.__name__
         super().__init__(reduction=check_reduction(name, reduction))
         self.tau = check_positive(name, 'tau', tau)

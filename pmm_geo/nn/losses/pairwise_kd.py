@@ -46,12 +46,12 @@ class PairwiseKDLoss(_Loss):
     Args:
         tau (float, optional): The temperature :math:`\tau > 0`
             (default: :obj:`1.`).
-        one_sided (bool, optional): If :obj:`True`, only rows where the
-            teacher's margin exceeds the student's count (default:
-            :obj:`False`).
         reduction (str, optional): How the per-row losses are reduced over
             the batch: :obj:`'mean'`, :obj:`'sum'` or :obj:`'none'`
             (default: :obj:`'mean'`).
+        one_sided (bool, optional): If :obj:`True`, only rows where the
+            teacher's margin exceeds the student's count (default:
+            :obj:`False`).
 
     Shapes:
         - **input:** student margin :math:`(B)` or :math:`(B, n)`, teacher
@@ -59,12 +59,12 @@ class PairwiseKDLoss(_Loss):
           row's loss is the mean over them)
         - **output:** scalar, or :math:`(B)` if :obj:`reduction='none'`
     """
-    __constants__ = ['tau', 'one_sided', 'reduction']
+    __constants__ = ['tau', 'reduction', 'one_sided']
     tau: float
     one_sided: bool
 
-    def __init__(self, tau: float = 1., one_sided: bool = False,
-                 reduction: str = 'mean'):
+    def __init__(self, tau: float = 1., reduction: str = 'mean',
+                 one_sided: bool = False):
         name = self.__class__.__name__
         super().__init__(reduction=check_reduction(name, reduction))
         self.tau = check_positive(name, 'tau', tau)
