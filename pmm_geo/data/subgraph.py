@@ -1,7 +1,9 @@
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch_geometric.utils import degree
+from torch_geometric.utils import degree, scatter
 
 from .adjacency import AdjacencyView, BipartiteAdjacency
 
@@ -38,6 +40,25 @@ class SampledAdjacency:
     seed nodes are then exactly its full-graph outputs (the tests check
     it).
 
+    When a node budget (:class:`~pmm_geo.data.SubgraphLoader`) kept each
+    local node :math:`u` only with probability :math:`\pi_u`
+    (:obj:`user_prob`, :obj:`item_prob`), the kept edges into :math:`v`
+    are reweighted as a ratio (Hajek) estimator with inclusion weights
+    :math:`1 / \pi_u`:
+
+    .. math::
+        \tilde{a}_{u,v} = \frac{\deg(v)}{\sum_{w \in \mathcal{K}(v)}
+        \pi_w^{-1}} \frac{\pi_u^{-1}}{\sqrt{\deg(u) \deg(v)}}
+
+    over the kept sampled neighbours :math:`\mathcal{K}(v)`, which is the
+    rule above when every :math:`\pi_u = 1`. It is not exactly unbiased:
+    a ratio estimator's bias shrinks as :math:`1 / |\mathcal{K}(v)|`, and
+    across hops the keep draws are not independent (a node kept at hop
+    :math:`h` was reached from a kept node of hop :math:`h - 1`); the
+    tests bound the bias on a small graph. Without the weights, the
+    neighbours the budget never drops (seeds, nodes of earlier hops) would
+    outweigh the thinned new ones.
+
     It has the interface the models read from a
     :class:`~pmm_geo.data.BipartiteAdjacency`: :obj:`num_users`,
     :obj:`num_items`, :meth:`item_to_user`, :meth:`user_to_item`, and
@@ -52,28 +73,40 @@ class SampledAdjacency:
             aggregate users, :obj:`[2, E1]` local :obj:`(user, item)`.
         item_to_user (torch.Tensor): Sampled edges along which users
             aggregate items, :obj:`[2, E2]` local :obj:`(user, item)`.
+        user_prob (torch.Tensor, optional): Probability :math:`\pi_u` that
+            each local user was kept by a node budget :obj:`[U']`.
+            (default: :obj:`None`: all kept)
+        item_prob (torch.Tensor, optional): The same for the local items
+            :obj:`[I']`. (default: :obj:`None`)
     """
     def __init__(self, root: BipartiteAdjacency, user_id: Tensor,
-                 item_id: Tensor, user_to_item: Tensor, item_to_user: Tensor):
+                 item_id: Tensor, user_to_item: Tensor, item_to_user: Tensor,
+                 user_prob: Optional[Tensor] = None,
+                 item_prob: Optional[Tensor] = None):
         self._root = root
         self.user_id = user_id.long()
         self.item_id = item_id.long()
         self.num_users = self.user_id.numel()
         self.num_items = self.item_id.numel()
-        self._to_item = self._direction(user_to_item, dst=1)
-        self._to_user = self._direction(item_to_user, dst=0)
+        self._to_item = self._direction(user_to_item, 1, user_prob)
+        self._to_user = self._direction(item_to_user, 0, item_prob)
 
-    def _direction(self, edge_index: Tensor, dst: int) -> BipartiteAdjacency:
+    def _direction(self, edge_index: Tensor, dst: int,
+                   src_prob: Optional[Tensor]) -> BipartiteAdjacency:
         edge_index = edge_index.long()
         user, item = self.user_id[edge_index[0]], self.item_id[edge_index[1]]
         weight = self._root.weight(user, item)
         local = edge_index[dst]
-        if dst == 0:
-            full = self._root.user_degree[self.user_id]
-            sampled = degree(local, self.num_users)
-        else:
-            full = self._root.item_degree[self.item_id]
-            sampled = degree(local, self.num_items)
+        size = self.num_users if dst == 0 else self.num_items
+        full = (self._root.user_degree[self.user_id] if dst == 0 else
+                self._root.item_degree[self.item_id])
+        if src_prob is None:
+            sampled = degree(local, size)
+        else:  # Inclusion weights of the kept sources (Hajek).
+            inverse = src_prob.to(weight.dtype).reciprocal()[
+                edge_index[1 - dst]]
+            sampled = scatter(inverse, local, dim_size=size, reduce='sum')
+            weight = weight * inverse
         weight = weight * (full / sampled.clamp_min(1))[local]
         return BipartiteAdjacency(edge_index, self.num_users, self.num_items,
                                   edge_weight=weight)

@@ -253,6 +253,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     batching: str = 'auto'
     fanouts: Tuple[int, ...] = (10, 5)
+    node_budget: int = 0
     teacher_refresh: int = 7
 
     def __post_init__(self):
@@ -395,6 +396,12 @@ class TrainConfig:
             raise ConfigError(f"'fanouts' must be a non-empty list of "
                               f'positive neighbour counts or -1 (all), got '
                               f'{list(self.fanouts)}')
+        if self.node_budget < 0:
+            raise ConfigError(f"'node_budget' must be >= 0 (0: no budget), "
+                              f'got {self.node_budget}')
+        if self.node_budget and self.batching == 'full':
+            raise ConfigError(f"'node_budget': {self.node_budget} applies to "
+                              f"sampled batching, got batching='full'")
         if self.emb_alpha < 1:
             raise ConfigError(f"'emb_alpha' must be >= 1, got "
                               f'{self.emb_alpha}')

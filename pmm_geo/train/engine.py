@@ -366,8 +366,9 @@ class Trainer:
             self.generator.manual_seed(_seed(self.config.seed, index))
             stage.build(previous)
             if self.batching == 'sampled':
-                stage.loader = SubgraphLoader(self.data, self.config.fanouts,
-                                              stage.num_hops(), self.graph)
+                stage.loader = SubgraphLoader(
+                    self.data, self.config.fanouts, stage.num_hops(),
+                    self.graph, node_budget=self.config.node_budget)
             yield stage
             previous.update(stage.modules)
 
