@@ -42,8 +42,10 @@ class SampledAdjacency:
 
     When a node budget (:class:`~pmm_geo.data.SubgraphLoader`) kept each
     local node :math:`u` only with probability :math:`\pi_u`
-    (:obj:`user_prob`, :obj:`item_prob`), the kept edges into :math:`v`
-    are reweighted as a ratio (Hajek) estimator with inclusion weights
+    (:obj:`user_prob`, :obj:`item_prob`) between hops, and dropped nodes
+    were never expanded (the subgraph holds only edges sampled from kept
+    destinations to kept sources), the kept edges into :math:`v` are
+    reweighted as a ratio (Hajek) estimator with inclusion weights
     :math:`1 / \pi_u`:
 
     .. math::
@@ -54,10 +56,10 @@ class SampledAdjacency:
     rule above when every :math:`\pi_u = 1`. It is not exactly unbiased:
     a ratio estimator's bias shrinks as :math:`1 / |\mathcal{K}(v)|`, and
     across hops the keep draws are not independent (a node kept at hop
-    :math:`h` was reached from a kept node of hop :math:`h - 1`); the
-    tests bound the bias on a small graph. Without the weights, the
-    neighbours the budget never drops (seeds, nodes of earlier hops) would
-    outweigh the thinned new ones.
+    :math:`h` was reached from a kept node of hop :math:`h - 1`, since only
+    kept nodes are expanded); the tests bound the bias on a small graph.
+    Without the weights, the neighbours the budget never drops (seeds,
+    nodes of earlier hops) would outweigh the thinned new ones.
 
     It has the interface the models read from a
     :class:`~pmm_geo.data.BipartiteAdjacency`: :obj:`num_users`,

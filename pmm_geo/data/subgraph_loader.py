@@ -52,54 +52,15 @@ def check_node_budget(node_budget: int) -> int:
     return int(node_budget)
 
 
-def thin_to_budget(sizes: Tuple[int, int], seeds: Tuple[Tensor, Tensor],
-                   edges: Tuple[Tensor, Tensor], num_hops: int,
-                   budget: int) -> Tuple[List[Tensor], List[Tensor]]:
-    r"""Keeps at most :obj:`budget` new nodes per type and hop of a sampled
-    neighbourhood, and returns per type (users, items) the mask of kept
-    local nodes and the probability :math:`\pi_u` that each was kept.
-
-    Hop :math:`h` of a node is its distance from the seeds along the
-    sampled edges, from each destination to its sampled neighbours (the
-    hop in which the sampler first reached it). At hop :math:`h` the
-    candidates of a type are its new nodes with a sampled edge into a kept
-    node of hop :math:`h - 1` (the others no longer reach the seeds); when
-    there are :math:`n > \text{budget}` of them, :obj:`budget` are kept
-    uniformly at random (torch's global random state), each with
-    :math:`\pi_u = \text{budget} / n`. Seeds are always kept
-    (:math:`\pi_u = 1`).
-
-    Args:
-        sizes (Tuple[int, int]): Number of local users and items.
-        seeds (Tuple[Tensor, Tensor]): Local ids of the seed users and
-            items.
-        edges (Tuple[Tensor, Tensor]): The sampled local :obj:`(user, item)`
-            edges into users and into items.
-        num_hops (int): Depth of the neighbourhood.
-        budget (int): New nodes kept per type and hop.
-    """
-    device = edges[0].device
-    hop = [torch.full((n, ), -1, device=device) for n in sizes]
-    keep = [torch.zeros(n, dtype=torch.bool, device=device) for n in sizes]
-    prob = [torch.ones(n, device=device) for n in sizes]
-    for t in (0, 1):
-        hop[t][seeds[t]] = 0
-        keep[t][seeds[t]] = True
-    for h in range(1, num_hops + 1):
-        found = []
-        for t in (0, 1):  # Destinations of type t reach sources of 1 - t.
-            dst, src = edges[t][t], edges[t][1 - t]
-            new = (hop[t][dst] == h - 1) & (hop[1 - t][src] == -1)
-            found.append((1 - t, src[new], src[new & keep[t][dst]]))
-        for s, reached, candidates in found:
-            hop[s][reached] = h
-            candidates = candidates.unique()
-            if candidates.numel() > budget:
-                prob[s][candidates] = budget / candidates.numel()
-                candidates = candidates[torch.randperm(
-                    candidates.numel(), device=device)[:budget]]
-            keep[s][candidates] = True
-    return keep, prob
+def thin_to_budget(new: Tensor, budget: int) -> Tuple[Tensor, float]:
+    r"""Keeps at most :obj:`budget` of the :math:`n` nodes :obj:`new`,
+    uniformly at random (torch's global random state), and returns them
+    with the probability :math:`\pi = \min(1, \text{budget} / n)` that
+    each was kept. Draws nothing when the budget does not bind."""
+    if new.numel() <= budget:
+        return new, 1.0
+    keep = torch.randperm(new.numel(), device=new.device)[:budget]
+    return new[keep], budget / new.numel()
 
 
 class SubgraphLoader:
@@ -119,18 +80,21 @@ class SubgraphLoader:
     runs in :obj:`pyg-lib` or :obj:`torch-sparse` (the :obj:`sparse` extra)
     and draws from torch's global random state.
 
-    With a :obj:`node_budget`, at most that many new nodes per type are
-    kept at each hop beyond the seeds (:func:`thin_to_budget`, uniformly
-    among the new nodes still linked to the kept ones), the edges of the
-    dropped nodes are removed, and the kept edges carry inclusion weights
+    With a :obj:`node_budget`, the hops are sampled one at a time with
+    PyG's :class:`~torch_geometric.sampler.NeighborSampler`, and between
+    them at most that many of the new nodes of each type are kept
+    (:func:`thin_to_budget`, uniformly); only the kept ones form the next
+    hop's frontier, so dropped nodes are never expanded and the sampler's
+    own work stays within :math:`\text{budget} \cdot \text{fanout}` draws
+    per type and hop however large the graph. The sampled edges between
+    kept nodes carry inclusion weights
     (:class:`~pmm_geo.data.SampledAdjacency`), so that each destination's
-    aggregation stays an approximately unbiased (ratio) estimate, now
-    over a subgraph of at most :math:`\text{seeds} + L \cdot
-    \text{budget}` nodes per type however large the graph. The budget is
-    a filter on the sampler's output: the sampler still draws the full
-    fanouts first, so its own cost still grows with the neighbourhood;
-    what shrinks is everything after it (weights, propagation, the
-    optimizer's rows).
+    aggregation stays an approximately unbiased (ratio) estimate over a
+    subgraph of at most :math:`\text{seeds} + L \cdot \text{budget}` nodes
+    per type. With :obj:`torch-sparse`, a budget that never binds gives the
+    subgraph and the random state of :obj:`node_budget=0` exactly (the
+    same draws, hop by hop); :obj:`pyg-lib` draws its random numbers in
+    blocks per call, so there it gives another sample of the same law.
 
     Args:
         data (torch_geometric.data.HeteroData): The pmm_geo dataset (its
@@ -165,8 +129,15 @@ class SubgraphLoader:
         self.graph[ITEM].num_nodes = self.adjacency.num_items
         self.graph[EDGE_TYPE].edge_index = edge_index
         self.graph[REV_EDGE_TYPE].edge_index = edge_index.flip(0)
-        self.sampler = NeighborSampler(self.graph,
-                                       num_neighbors=self.fanouts)
+        # With a budget, one hop per call (its fanout set before each).
+        self.sampler = NeighborSampler(
+            self.graph, num_neighbors=self.fanouts[:1]
+            if self.node_budget else self.fanouts)
+        # Local id of every global node met by the running sample(): -1
+        # not met, -2 dropped; reset after each call (only what it set).
+        self._local = [torch.full((n, ), -1, dtype=torch.long) for n in
+                       (self.adjacency.num_users, self.adjacency.num_items)
+                       ] if self.node_budget else []
 
     def sample(self, users: Tensor, *items: Tensor) -> SampledBatch:
         r"""The subgraph around :obj:`users` :obj:`[B]` and the items
@@ -185,17 +156,11 @@ class SubgraphLoader:
             rows.append(users.view(-1, 1).expand(-1, width).reshape(-1))
         pairs = torch.stack([torch.cat(rows),
                              torch.cat([t.reshape(-1) for t in items])])
-        loader = LinkNeighborLoader(self.graph, self.fanouts,
-                                    edge_label_index=(EDGE_TYPE, pairs),
-                                    neighbor_sampler=self.sampler)
-        batch = loader(torch.arange(pairs.size(1)))
-        local = batch[EDGE_TYPE].edge_label_index
-        node_id = [batch[USER].n_id, batch[ITEM].n_id]
-        edges = [batch[REV_EDGE_TYPE].edge_index.flip(0),
-                 batch[EDGE_TYPE].edge_index]  # Into users, into items.
         prob: List[Optional[Tensor]] = [None, None]
         if self.node_budget:
-            local, node_id, edges, prob = self._thin(local, node_id, edges)
+            local, node_id, edges, prob = self._sample_hopwise(pairs)
+        else:
+            local, node_id, edges = self._sample_all(pairs)
         graph = SampledAdjacency(self.adjacency, node_id[0], node_id[1],
                                  user_to_item=edges[1],
                                  item_to_user=edges[0], user_prob=prob[0],
@@ -208,24 +173,83 @@ class SubgraphLoader:
             start += tensor.numel()
         return SampledBatch(graph, first, tuple(out))
 
-    def _thin(self, local: Tensor, node_id: List[Tensor],
-              edges: List[Tensor]):
-        # Seeds are the endpoints of the batch's pairs.
-        keep, prob = thin_to_budget(
-            (node_id[0].numel(), node_id[1].numel()), (local[0], local[1]),
-            edges, self.num_hops, self.node_budget)
-        if all(bool(mask.all()) for mask in keep):
-            return local, node_id, edges, [None, None]
-        index = [mask.cumsum(0) - 1 for mask in keep]
-        out = []
-        for edge_index in edges:
-            edge_index = edge_index[:, keep[0][edge_index[0]]
-                                    & keep[1][edge_index[1]]]
-            out.append(torch.stack([index[0][edge_index[0]],
-                                    index[1][edge_index[1]]]))
-        local = torch.stack([index[0][local[0]], index[1][local[1]]])
-        return (local, [n_id[mask] for n_id, mask in zip(node_id, keep)],
-                out, [p[mask] for p, mask in zip(prob, keep)])
+    def _sample_all(self, pairs: Tensor):
+        loader = LinkNeighborLoader(self.graph, self.fanouts,
+                                    edge_label_index=(EDGE_TYPE, pairs),
+                                    neighbor_sampler=self.sampler)
+        batch = loader(torch.arange(pairs.size(1)))
+        edges = [batch[REV_EDGE_TYPE].edge_index.flip(0),
+                 batch[EDGE_TYPE].edge_index]  # Into users, into items.
+        return (batch[EDGE_TYPE].edge_label_index,
+                [batch[USER].n_id, batch[ITEM].n_id], edges)
+
+    def _sample_hopwise(self, pairs: Tensor):
+        # Seeds are the endpoints of the batch's pairs, as the loader's.
+        frontier = [pairs[0].unique(), pairs[1].unique()]
+        node_id = [[seeds] for seeds in frontier]
+        prob = [[torch.ones(seeds.numel())] for seeds in frontier]
+        met = [[seeds] for seeds in frontier]
+        edges = [[pairs.new_empty(2, 0)] for _ in range(2)]
+        count = [seeds.numel() for seeds in frontier]
+        binds = False
+        for t in (0, 1):
+            self._local[t][frontier[t]] = torch.arange(count[t])
+        try:
+            for fanout in self.fanouts:
+                found, sampled = self._hop(fanout, frontier)
+                for t in (0, 1):
+                    new, kept, p = self._admit(t, found[t], count[t])
+                    binds |= p < 1
+                    count[t] += kept.numel()
+                    node_id[t].append(kept)
+                    prob[t].append(torch.full((kept.numel(), ), p))
+                    met[t].append(new)
+                    frontier[t] = kept
+                for t, (user, item) in enumerate(sampled):
+                    pair = torch.stack([self._local[0][user],
+                                        self._local[1][item]])
+                    edges[t].append(pair[:, (pair >= 0).all(0)])
+            local = torch.stack([self._local[0][pairs[0]],
+                                 self._local[1][pairs[1]]])
+        finally:
+            for t in (0, 1):
+                self._local[t][torch.cat(met[t])] = -1
+        return (local, [torch.cat(ids) for ids in node_id],
+                [torch.cat(e, dim=1) for e in edges],
+                [torch.cat(p) for p in prob] if binds else [None, None])
+
+    def _admit(self, t: int, found: Tensor, start: int):
+        # The nodes of type t (0: users, 1: items) among `found` not met
+        # before, thinned to the budget: the kept get local ids from
+        # `start` on, the dropped are marked so no later hop adds them.
+        new = found[self._local[t][found] == -1]
+        kept, p = thin_to_budget(new, self.node_budget)
+        self._local[t][new] = -2
+        self._local[t][kept] = torch.arange(start, start + kept.numel())
+        return new, kept, p
+
+    def _hop(self, fanout: int, frontier: List[Tensor]):
+        # One hop of PyG's sampler from the frontier of both types: the
+        # global nodes it reached per type (users, items) and the sampled
+        # global (user, item) edges into users and into items.
+        # The public sample_from_nodes() seeds one node type per call (a
+        # NodeSamplerInput has one input_type), and two calls draw in
+        # another order than the op does within a hop (torch-sparse visits
+        # the edge types in its own dict order), so a budget that never
+        # binds would no longer replay node_budget=0's draws. Hence one
+        # call per hop to NeighborSampler._sample (private), the function
+        # through which PyG's sampler runs the torch-sparse / pyg-lib op
+        # for a seed dict, rather than a copy of its backend dispatch.
+        self.sampler.num_neighbors = [fanout]
+        out = self.sampler._sample({USER: frontier[0], ITEM: frontier[1]})
+        found = [out.node[USER], out.node[ITEM]]
+        sampled = []
+        for edge_type in (REV_EDGE_TYPE, EDGE_TYPE):  # Into users, items.
+            src = out.node[edge_type[0]][out.row[edge_type]]
+            dst = out.node[edge_type[-1]][out.col[edge_type]]
+            sampled.append((dst, src) if edge_type == REV_EDGE_TYPE else
+                           (src, dst))
+        return found, sampled
 
     def __repr__(self) -> str:
         budget = f', node_budget={self.node_budget}' \
