@@ -68,6 +68,22 @@ def test_config_keys():
     assert TrainConfig().kd_schedule == 'plateau'
     with pytest.raises(ConfigError, match="'kd_schedule'"):
         TrainConfig(kd_schedule='cosine')
+    with pytest.raises(ConfigError, match="'kd_patience' must be >= 0, got -1"):
+        TrainConfig(kd_patience=-1)
+
+
+@pytest.mark.parametrize('kd_patience,expected', [(0, 7), (3, 3)])
+def test_kd_patience_reaches_the_schedule(kd_patience, expected):
+    data = synthetic(num_users=40, num_items=30, num_interactions=300,
+                     modalities={'image': 8}, seed=0)
+    config = TrainConfig(model='promptmm', embedding_dim=8, student_dim=8,
+                         num_layers=1, student_layers=1, patience=7,
+                         kd_patience=kd_patience, batching='full')
+    trainer = Trainer(data, config, quiet=True, plot=False)
+    stages = trainer.stages()
+    next(stages)
+    student = next(stages)
+    assert student.schedule.patience == expected
 
 
 def _noise_run(data, model, seed, schedule):

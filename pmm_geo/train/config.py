@@ -95,6 +95,10 @@ class TrainConfig:
             ended the stage (the student then goes on with BPR alone until
             :obj:`patience` runs out again); :obj:`"constant"` keeps them
             fixed (the paper). (default: :obj:`"plateau"`)
+        kd_patience (int): Evaluations without a new best validation
+            score after which the :obj:`"plateau"` schedule switches the
+            distillation off; :obj:`0` takes :obj:`patience`.
+            (default: :obj:`0`)
         kd_one_sided (bool): The pairwise and listwise KD count a row only
             where the teacher is surer of the positive than the student
             (:class:`~pmm_geo.nn.PairwiseKDLoss`): they can raise the
@@ -222,6 +226,7 @@ class TrainConfig:
     kd_list_weight: float = 1.0
     kd_emb_weight: float = 0.1
     kd_schedule: str = 'plateau'
+    kd_patience: int = 0
     kd_list_target: str = 'branches'
     kd_one_sided: bool = True
     pair_tau: float = 1.0
@@ -346,7 +351,8 @@ class TrainConfig:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"'{key}' must be > 0, got "
                                   f'{getattr(self, key)}')
-        for key in ('weight_decay', 'reg_weight', 'kd_pair_weight',
+        for key in ('kd_patience', 'weight_decay', 'reg_weight',
+                    'kd_pair_weight',
                     'kd_list_weight', 'kd_emb_weight', 'list_alpha',
                     'list_beta', 'teacher_beta', 'teacher_gamma',
                     'teacher_lambda', 'teacher_modality_weight',
