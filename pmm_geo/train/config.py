@@ -352,9 +352,8 @@ class TrainConfig:
                 raise ConfigError(f"'{key}' must be > 0, got "
                                   f'{getattr(self, key)}')
         for key in ('kd_patience', 'weight_decay', 'reg_weight',
-                    'kd_pair_weight',
-                    'kd_list_weight', 'kd_emb_weight', 'list_alpha',
-                    'list_beta', 'teacher_beta', 'teacher_gamma',
+                    'kd_pair_weight', 'kd_list_weight', 'kd_emb_weight',
+                    'list_alpha', 'list_beta', 'teacher_beta', 'teacher_gamma',
                     'teacher_lambda', 'teacher_modality_weight',
                     'freedom_layers', 'freedom_feature_weight'):
             if getattr(self, key) < 0:

@@ -118,7 +118,8 @@ class DistillStage(Stage):
             self._init_from_teacher(student, teacher)
         self.objective = build_objective(cfg, teacher.modalities).to(
             self.ctx.graph.device)
-        self.schedule = KDSchedule(cfg.kd_schedule, cfg.kd_patience or cfg.patience)
+        self.schedule = KDSchedule(cfg.kd_schedule,
+                                   cfg.kd_patience or cfg.patience)
         self.modules = {self.name: student, 'objective': self.objective,
                         'teacher': teacher, 'kd_schedule': self.schedule}
         self.after_load()
