@@ -55,14 +55,14 @@ class KDSchedule(Module):
             (default: :obj:`"plateau"`)
         patience (int): Evaluations :math:`p` without a new best validation
             score after which the distillation is switched off (the
-            engine's early-stopping patience). (default: :obj:`50`)
+            engine's early-stopping patience). (default: :obj:`100`)
         factor (float): The decay :math:`\rho \in (0, 1)` at each
             evaluation where the student scores at least the teacher.
             (default: :obj:`0.5`)
         min_scale (float): Below this the scale becomes 0 (BPR alone).
             (default: :obj:`0.1`)
     """
-    def __init__(self, mode: str = 'plateau', patience: int = 50,
+    def __init__(self, mode: str = 'plateau', patience: int = 100,
                  factor: float = 0.5, min_scale: float = 0.1):
         super().__init__()
         if mode not in SCHEDULES:
