@@ -68,7 +68,8 @@ def test_config_keys():
     assert TrainConfig().kd_schedule == 'plateau'
     with pytest.raises(ConfigError, match="'kd_schedule'"):
         TrainConfig(kd_schedule='cosine')
-    with pytest.raises(ConfigError, match="'kd_patience' must be >= 0, got -1"):
+    with pytest.raises(ConfigError,
+                       match="'kd_patience' must be >= 0, got -1"):
         TrainConfig(kd_patience=-1)
 
 
