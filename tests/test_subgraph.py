@@ -147,14 +147,17 @@ def test_student_subgraph_equals_full_graph(data, layout):
 
 @needs_sampling
 @pytest.mark.parametrize('frozen', [False, True])
-def test_teacher_subgraph_equals_full_graph(data, frozen):
+@pytest.mark.parametrize('item_graph', [False, True])
+def test_teacher_subgraph_equals_full_graph(data, frozen, item_graph):
+    # With item graphs the subgraph's item-item terms come from the kNN
+    # neighbours' rows, most of them outside the batch's items.
     features = features_of(data)
     users, pos, neg, lists = batch_of(data)
     torch.manual_seed(0)
     teacher = MultimodalTeacher(
         data['user'].num_nodes, data['item'].num_nodes,
         {m: x.size(1) for m, x in features.items()}, embedding_dim=8,
-        num_layers=3, dropout=0.)
+        num_layers=3, dropout=0., item_graph=item_graph, knn_k=4)
     teacher.init_prompt(data, features)
     if frozen:  # Stage 2: cached prompt-independent parts.
         teacher.freeze()
@@ -180,16 +183,53 @@ def test_teacher_subgraph_equals_full_graph(data, frozen):
 
 
 @needs_sampling
-def test_teacher_projects_only_the_sampled_items(data):
+@pytest.mark.parametrize('frozen', [False, True])
+def test_teacher_item_graph_rows_on_a_small_subgraph(data, frozen):
+    # Most kNN neighbours of a small subgraph's items lie outside it; its
+    # item-item terms are still the full graph's rows of S_m E and S_m F_m.
+    features = features_of(data)
+    users, pos, neg, _ = batch_of(data, size=4)
+    torch.manual_seed(1)
+    teacher = MultimodalTeacher(
+        data['user'].num_nodes, data['item'].num_nodes,
+        {m: x.size(1) for m, x in features.items()}, embedding_dim=8,
+        num_layers=2, dropout=0., item_graph=True, knn_k=5)
+    teacher.init_prompt(data, features)
+    for projector in teacher.projectors.values():  # Zero at init.
+        torch.nn.init.normal_(projector.lin.bias)
+    if frozen:
+        teacher.freeze()
+        teacher.cache_frozen(data, features)
+    cache = teacher._cache
+    batch = SubgraphLoader(data, [2], num_hops=1).sample(users, pos, neg)
+    ids = batch.graph.item_id
+    nbr, _ = teacher.item_graphs['text'].neighbours(ids)
+    assert not torch.isin(nbr, ids).all()
+    assert torch.allclose(teacher._content_rows(ids),
+                          teacher._content_items()[ids], atol=1e-6)
+    _, prompt = teacher.prompt()
+    moments = teacher._moments(batch.graph, features)
+    for m, x in features.items():
+        full = teacher.item_graphs[m](teacher.projectors[m](x, prompt))
+        sub = teacher._item_graph_term(batch.graph, None, m, x, moments[m],
+                                       cache)
+        assert torch.allclose(sub, full[ids], atol=1e-5)
+
+
+@needs_sampling
+@pytest.mark.parametrize('item_graph', [False, True])
+def test_teacher_projects_only_the_sampled_items(data, item_graph):
     features = features_of(data)
     users, pos, neg, _ = batch_of(data, size=4)
     teacher = MultimodalTeacher(
         data['user'].num_nodes, data['item'].num_nodes,
         {m: x.size(1) for m, x in features.items()}, embedding_dim=8,
-        num_layers=1, dropout=0.)
+        num_layers=1, dropout=0., item_graph=item_graph, knn_k=5)
     teacher.init_prompt(data, features)
     teacher(data, features)  # Feature statistics, computed once.
     batch = SubgraphLoader(data, [2], num_hops=2).sample(users, pos, neg)
+    if item_graph:  # S_m X_m once per feature table, then rows of it.
+        teacher(batch.graph, features)
     seen = []
     for m, projector in teacher.projectors.items():
         projector.lin.register_forward_hook(
@@ -218,13 +258,13 @@ def test_lattice_subgraph_equals_full_graph(data):
 # Training steps: all neighbours sampled == a full-graph step
 
 
-def _first_gradients(data, model, batching):
+def _first_gradients(data, model, batching, **changes):
     from pmm_geo.train import Trainer, TrainConfig
     config = TrainConfig(model=model, batching=batching, fanouts=[-1],
                          batch_size=64, embedding_dim=8, student_dim=8,
                          num_layers=2, student_layers=2, lattice_layers=2,
                          lattice_knn_k=4, num_list_negatives=3,
-                         teacher_dropout=0.0)
+                         teacher_dropout=0.0, **changes)
     trainer = Trainer(data, config, quiet=True)
     out = {}
     for stage in trainer.stages():
@@ -245,14 +285,19 @@ def _first_gradients(data, model, batching):
 
 
 @needs_sampling
-@pytest.mark.parametrize('model', ['promptmm', 'lightgcn', 'lattice'])
-def test_sampled_training_steps_equal_full_graph_steps(data, model):
+@pytest.mark.parametrize('model,changes', [
+    ('promptmm', {}),
+    ('promptmm', {'teacher_item_graph': True, 'teacher_knn_k': 4}),
+    ('lightgcn', {}),
+    ('lattice', {}),
+])
+def test_sampled_training_steps_equal_full_graph_steps(data, model, changes):
     # With every neighbour sampled, a step's subgraph holds the batch's
     # whole receptive field: its loss and the gradients of every weight
     # (sparse for the tables it gathers) are the full-graph ones, rows
     # outside it getting no gradient either way; then the optimizers step.
-    full = _first_gradients(data, model, 'full')
-    sampled = _first_gradients(data, model, 'sampled')
+    full = _first_gradients(data, model, 'full', **changes)
+    sampled = _first_gradients(data, model, 'sampled', **changes)
     assert full.keys() == sampled.keys()
     for stage, (loss, grads) in full.items():
         assert torch.allclose(sampled[stage][0], loss, atol=1e-6)

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch_geometric.typing
 
 from pmm_geo import evaluate
 from pmm_geo.data import EDGE_TYPE
@@ -161,9 +162,22 @@ def test_teacher_item_graph_switch(data):
     assert all(math.isfinite(v) for v in results['student']['val'].values())
     assert Trainer(data, tiny_config(epochs=1), quiet=True).config \
         .teacher_item_graph is False
-    with pytest.raises(ConfigError, match="'teacher_item_graph': true needs "
-                       "batching='full'"):
-        tiny_config(teacher_item_graph=True, batching='sampled')
+
+
+@pytest.mark.skipif(
+    not (torch_geometric.typing.WITH_PYG_LIB
+         or torch_geometric.typing.WITH_TORCH_SPARSE),
+    reason="neighbour sampling needs torch-sparse or pyg-lib (the 'sparse' "
+    "extra)")
+def test_teacher_item_graph_trains_sampled(data):
+    # The graphs' rows come from the neighbours: no full-graph restriction.
+    config = tiny_config(epochs=2, teacher_item_graph=True, teacher_knn_k=5,
+                         batching='sampled')
+    assert config.full_graph_only() == ''
+    sampled = Trainer(data, config, quiet=True)
+    assert sampled.batching == 'sampled'
+    assert all(math.isfinite(v) for stage in ('teacher', 'student')
+               for v in sampled.fit()[stage]['val'].values())
 
 
 def test_recommend_never_returns_seen_items(data, promptmm_run):

@@ -333,8 +333,6 @@ class TrainConfig:
             return "'model': 'freedom'"
         if self.model == 'promptmm' and self.teacher == 'lattice':
             return "'teacher': 'lattice'"
-        if self.model == 'promptmm' and self.teacher_item_graph:
-            return "'teacher_item_graph': true"
         return ''
 
     def validate(self) -> None:

@@ -136,6 +136,7 @@ class FrozenItemGraph(torch.nn.Module):
         self.register_buffer('edge_weight', edge_weight)
         self.conv = BipartiteConv()
         self._view: Optional[Tuple[tuple, AdjacencyView]] = None
+        self._blocks: Optional[Tuple[tuple, Tuple[Tensor, Tensor]]] = None
 
     @classmethod
     def from_features(cls, features: Mapping[str, Tensor], k: int = 10,
@@ -200,6 +201,43 @@ class FrozenItemGraph(torch.nn.Module):
         for _ in range(self.num_layers):
             x = self.conv(x, *view)
         return x
+
+    def neighbours(self, index: Tensor) -> Tuple[Tensor, Tensor]:
+        r"""The rows :obj:`index` of :math:`\mathbf{S}` as blocks: the
+        neighbour ids and weights :math:`(R, k)`, so that row :math:`i` of
+        :math:`\mathbf{S} \mathbf{x}` is :obj:`(weight[r, :, None] *
+        x[nbr[r]]).sum(0)` from the neighbours' rows of :math:`\mathbf{x}`
+        alone (what a sampled subgraph needs: no pass over all items).
+        Needs one layer and :math:`k` entries per row stored row by row, as
+        :func:`~pmm_geo.nn.knn.knn_item_graph` builds the graph.
+
+        Args:
+            index (torch.Tensor): Item ids :math:`(R)`.
+        """
+        key = tuple((t.data_ptr(), t._version)
+                    for t in (self.edge_index, self.edge_weight))
+        if self._blocks is None or self._blocks[0] != key:
+            self._blocks = (key, self._row_blocks())
+        nbr, weight = self._blocks[1]
+        return nbr[index], weight[index]
+
+    def _row_blocks(self) -> Tuple[Tensor, Tensor]:
+        num_edges = self.edge_index.size(1)
+        k = num_edges // self.num_items
+        row = self.edge_index[0]
+        if (self.num_layers != 1 or k * self.num_items != num_edges
+                or not torch.equal(row.view(self.num_items, k),
+                                   torch.arange(self.num_items,
+                                                device=row.device)
+                                   .unsqueeze(1).expand(-1, k))):
+            raise ValueError(f'{self.__class__.__name__}.neighbours needs '
+                             f'one layer (got {self.num_layers}) and the '
+                             f'same number of entries for every item, '
+                             f'stored row by row (as knn_item_graph builds '
+                             f'them; got {num_edges} entries for '
+                             f'{self.num_items} items)')
+        return (self.edge_index[1].view(self.num_items, k),
+                self.edge_weight.view(self.num_items, k))
 
     def to_dense(self) -> Tensor:
         r"""The dense :math:`I \times I` matrix :math:`\mathbf{S}` (tests

@@ -86,8 +86,21 @@ class MultimodalTeacher(TeacherMixin, Module):
     (the id embeddings :math:`\mathbf{E}_i`, FREEDOM's
     :math:`\mathbf{S} \mathbf{E}_I`). The prompt still conditions
     :math:`\mathbf{F}_m`, so it reaches the item-item term of the modality
-    branches. The graphs span all items, so they need full-graph training
-    (:obj:`batching="full"`).
+    branches. On a sampled subgraph (:class:`~pmm_geo.data.SampledAdjacency`)
+    the item-item terms of its items are computed from their :math:`k`
+    neighbours' rows alone (:meth:`FrozenItemGraph.neighbours`), wherever
+    the neighbours are: :math:`\mathbf{S}_m \mathbf{E}_i` gathers the
+    neighbours' id embeddings, and :math:`\mathbf{S}_m \mathbf{F}_m`, which
+    is linear in the features before the dropout, is
+    :math:`\mathrm{Dropout}(\mathbf{W}_m (\mathbf{S}_m \mathbf{X}_m) +
+    \mathbf{b}_m \mathbf{S}_m \mathbf{1} + \beta \mathbf{S}_m
+    \mathbf{Q}_m)` with :math:`\mathbf{S}_m \mathbf{X}_m` computed once
+    (:math:`\mathbf{Q}_m` the prompt term of
+    :class:`~pmm_geo.nn.PromptedProjector`), so a step projects as many
+    feature rows as the subgraph has items. Without dropout (eval mode,
+    stage 2) that equals the full graph's rows; in training it draws one
+    dropout mask for the neighbourhood's sum instead of one per neighbour,
+    the same expectation.
     Unlike the reference code, :obj:`num_layers` layers are really chained
     and the last one is not soft-maxed (plain LightGCN mean).
 
@@ -236,6 +249,7 @@ class MultimodalTeacher(TeacherMixin, Module):
             self.item_graph_weights = modality_mix_weights(self.modalities)
         self._cache: Optional[_FrozenCache] = None
         self._token_moments: Optional[tuple] = None
+        self._smoothed_features: Dict[tuple, Tensor] = {}
         self.reset_parameters()
 
     @property
@@ -317,16 +331,58 @@ class MultimodalTeacher(TeacherMixin, Module):
             self.item_embedding.weight)
                    for m, conv in self.item_graphs.items())
 
+    def _content_rows(self, item_ids: Tensor) -> Tensor:
+        # Rows item_ids of sum_m w_m S_m E from the neighbours' rows of E
+        # only (a sampled subgraph; sparse gradient to a trainable table).
+        table = self.item_embedding.weight
+        out = 0.
+        for m, conv in self.item_graphs.items():
+            nbr, weight = conv.neighbours(item_ids)
+            rows = F.embedding(nbr, table, sparse=table.requires_grad)
+            out = out + self.item_graph_weights[m] * (
+                weight.unsqueeze(-1) * rows).sum(1)
+        return out
+
     def _modal_branch(self, adj: BipartiteAdjacency, projected: Tensor,
                       modality: str) -> Tuple[Tensor, Tensor]:
         h_user = self.conv(projected, *adj.item_to_user(self.layout))
         h_item = self.conv(h_user, *adj.user_to_item(self.layout))
-        if self.item_graphs is not None:
-            if adj is not adj.root:  # Neighbours outside the subgraph.
-                raise ValueError("the teacher's item graphs need the full "
-                                 "graph; train with batching='full'")
-            h_item = h_item + self.item_graphs[modality](projected)
         return h_user, h_item
+
+    def _item_graph_term(self, adj, projected: Tensor, modality: str,
+                         x: Tensor, moment: Optional[Tensor],
+                         cache: Optional['_FrozenCache']) -> Tensor:
+        r""":math:`\mathbf{S}_m \mathbf{F}_m` for the graph's items: over
+        all items on the full graph, from the neighbours' rows on a sampled
+        subgraph (see the class docstring)."""
+        conv = self.item_graphs[modality]
+        if adj is adj.root:
+            return conv(projected)
+        projector = self.projectors[modality]
+        nbr, weight = conv.neighbours(adj.item_id)
+        weight = weight.unsqueeze(-1)
+        if cache is not None:  # W X + b of every item is known.
+            out = (weight * cache.projected[modality][nbr]).sum(1)
+        else:
+            lin = projector.lin
+            out = F.linear(adj.select_items(self._smoothed(modality, x)),
+                           lin.weight)
+            if lin.bias is not None:
+                out = out + weight.sum(1) * lin.bias
+        if moment is not None and projector.beta != 0.:
+            _, prompt = self.prompt(nbr.new_empty(0), nbr.reshape(-1))
+            term = projector._prompt_term(moment, prompt)
+            term = term.view(*nbr.shape, -1)
+            out = out + projector.beta * (weight * term).sum(1)
+        return projector.dropout(out)
+
+    @torch.no_grad()
+    def _smoothed(self, modality: str, x: Tensor) -> Tensor:
+        # S_m X_m over all items, computed once per feature table.
+        key = (modality, ) + feature_keys({modality: x})[modality]
+        if key not in self._smoothed_features:
+            self._smoothed_features[key] = self.item_graphs[modality](x)
+        return self._smoothed_features[key]
 
     def forward(self, graph, features: Mapping[str, Tensor]
                 ) -> TeacherOutput:
@@ -353,6 +409,9 @@ class MultimodalTeacher(TeacherMixin, Module):
                 item_prompt, projected, moments[m])
             modal_user[m], modal_item[m] = self._modal_branch(adj, projected,
                                                               m)
+            if self.item_graphs is not None:
+                modal_item[m] = modal_item[m] + self._item_graph_term(
+                    adj, projected, m, x, moments[m], cache)
 
         if self.gamma != 0.:
             prompt_user = self.gamma * _rownorm(user_prompt)
@@ -364,7 +423,8 @@ class MultimodalTeacher(TeacherMixin, Module):
                 x_user, x_item = x_user + prompt_user, x_item + prompt_item
             user, item = self._propagate_mean(adj, x_user, x_item)
             if self.item_graphs is not None:
-                item = item + adj.select_items(self._content_items())
+                item = item + (self._content_items() if adj is adj.root else
+                               self._content_rows(adj.item_id))
         else:
             # Propagation is linear: mean_l A^l (E + gamma P) =
             # mean_l A^l E (cached, over the full graph, with the item
@@ -408,9 +468,9 @@ class MultimodalTeacher(TeacherMixin, Module):
         per modality and the propagated id embeddings :math:`\frac{1}{L+1}
         \sum_l \hat{\mathbf{A}}^l \mathbf{E}`. Later forward passes on the
         same graph and features give the same result as without the cache,
-        with one pass over each :math:`\mathbf{X}_m` instead of two. The cache is refused in train mode
-        and invalidated (an error) if any non-prompt weight changes; drop it
-        with :meth:`clear_cache`."""
+        with one pass over each :math:`\mathbf{X}_m` instead of two. The
+        cache is refused in train mode and invalidated (an error) if any
+        non-prompt weight changes; drop it with :meth:`clear_cache`."""
         self._check_freezable()
         adj = self._adjacency(graph).root
         features = self._check_features(features)
@@ -429,6 +489,7 @@ class MultimodalTeacher(TeacherMixin, Module):
         statistics of the prompt term)."""
         self._cache = None
         self._token_moments = None
+        self._smoothed_features = {}
 
     def init_args(self) -> Dict[str, Any]:
         r"""The constructor arguments of this teacher (what
