@@ -370,9 +370,11 @@ class MultimodalTeacher(TeacherMixin, Module):
             if lin.bias is not None:
                 out = out + weight.sum(1) * lin.bias
         if moment is not None and projector.beta != 0.:
-            _, prompt = self.prompt(nbr.new_empty(0), nbr.reshape(-1))
-            term = projector._prompt_term(moment, prompt)
-            term = term.view(*nbr.shape, -1)
+            # Once per distinct neighbour (a few per item), then gathered.
+            ids, inverse = nbr.unique(return_inverse=True)
+            _, prompt = self.prompt(ids.new_empty(0), ids)
+            term = F.embedding(inverse, projector._prompt_term(moment,
+                                                               prompt))
             out = out + projector.beta * (weight * term).sum(1)
         return projector.dropout(out)
 
