@@ -160,8 +160,11 @@ def test_teacher_item_graph_switch(data):
     assert torch.allclose(teacher.item_graphs['text'].edge_weight,
                           torch.full((120 * 5, ), 0.2))
     assert all(math.isfinite(v) for v in results['student']['val'].values())
-    assert Trainer(data, tiny_config(epochs=1), quiet=True).config \
-        .teacher_item_graph is False
+    assert tiny_config().teacher_item_graph is True  # The default.
+    plain = Trainer(data, tiny_config(epochs=1, teacher_item_graph=False),
+                    quiet=True)
+    plain.fit()
+    assert plain.modules['teacher'].item_graphs is None
 
 
 @pytest.mark.skipif(
