@@ -36,6 +36,14 @@ def batch_of(data, size=16, seed=0):
     return users, pos, neg, lists
 
 
+def teacher_of(data, features, **kwargs):
+    # A small teacher without dropout (so a subgraph's rows are exact).
+    return MultimodalTeacher(
+        data['user'].num_nodes, data['item'].num_nodes,
+        {m: x.size(1) for m, x in features.items()}, embedding_dim=8,
+        dropout=0., **kwargs)
+
+
 def assert_rows_equal(sub, full, local, global_, atol=1e-5):
     assert torch.allclose(sub[local], full[global_], atol=atol), \
         (sub[local] - full[global_]).abs().max()
@@ -150,14 +158,12 @@ def test_student_subgraph_equals_full_graph(data, layout):
 @pytest.mark.parametrize('item_graph', [False, True])
 def test_teacher_subgraph_equals_full_graph(data, frozen, item_graph):
     # With item graphs the subgraph's item-item terms come from the kNN
-    # neighbours' rows, most of them outside the batch's items.
+    # neighbours' rows (FrozenItemGraph.neighbours), not from its own items.
     features = features_of(data)
     users, pos, neg, lists = batch_of(data)
     torch.manual_seed(0)
-    teacher = MultimodalTeacher(
-        data['user'].num_nodes, data['item'].num_nodes,
-        {m: x.size(1) for m, x in features.items()}, embedding_dim=8,
-        num_layers=3, dropout=0., item_graph=item_graph, knn_k=4)
+    teacher = teacher_of(data, features, num_layers=3, item_graph=item_graph,
+                         knn_k=4)
     teacher.init_prompt(data, features)
     if frozen:  # Stage 2: cached prompt-independent parts.
         teacher.freeze()
@@ -190,10 +196,8 @@ def test_teacher_item_graph_rows_on_a_small_subgraph(data, frozen):
     features = features_of(data)
     users, pos, neg, _ = batch_of(data, size=4)
     torch.manual_seed(1)
-    teacher = MultimodalTeacher(
-        data['user'].num_nodes, data['item'].num_nodes,
-        {m: x.size(1) for m, x in features.items()}, embedding_dim=8,
-        num_layers=2, dropout=0., item_graph=True, knn_k=5)
+    teacher = teacher_of(data, features, num_layers=2, item_graph=True,
+                         knn_k=5)
     teacher.init_prompt(data, features)
     for projector in teacher.projectors.values():  # Zero at init.
         torch.nn.init.normal_(projector.lin.bias)
@@ -221,10 +225,8 @@ def test_teacher_item_graph_rows_on_a_small_subgraph(data, frozen):
 def test_teacher_projects_only_the_sampled_items(data, item_graph):
     features = features_of(data)
     users, pos, neg, _ = batch_of(data, size=4)
-    teacher = MultimodalTeacher(
-        data['user'].num_nodes, data['item'].num_nodes,
-        {m: x.size(1) for m, x in features.items()}, embedding_dim=8,
-        num_layers=1, dropout=0., item_graph=item_graph, knn_k=5)
+    teacher = teacher_of(data, features, num_layers=1, item_graph=item_graph,
+                         knn_k=5)
     teacher.init_prompt(data, features)
     teacher(data, features)  # Feature statistics, computed once.
     batch = SubgraphLoader(data, [2], num_hops=2).sample(users, pos, neg)
