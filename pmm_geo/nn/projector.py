@@ -116,11 +116,16 @@ class PromptedProjector(Module):
                     raise ValueError("'x' is needed when 'moment' is not "
                                      "given")
                 moment = prompt.t() @ x  # [d, d_m]
-            projected = projected + self.beta * self._prompt_term(moment,
+            projected = projected + self.beta * self.prompt_term(moment,
                                                                   prompt)
         return self.dropout(projected)
 
-    def _prompt_term(self, moment: Tensor, prompt: Tensor) -> Tensor:
+    def prompt_term(self, moment: Tensor, prompt: Tensor) -> Tensor:
+        r"""The prompt term :math:`\mathbf{W}_m \mathrm{rownorm}(\mathbf{P}_i
+        \mathbf{M})` of the rows :obj:`prompt` :math:`(R, d)` (any items'),
+        from the moment :math:`\mathbf{M} = \mathbf{P}_i^{\top}
+        \mathbf{X}_m` :math:`(d, d_m)` over all items (see
+        :meth:`forward`); without :math:`\beta`, bias and dropout."""
         gram = moment.double() @ moment.double().t()  # [d, d]
         p64 = prompt.double()
         sq_norm = ((p64 @ gram) * p64).sum(dim=-1, keepdim=True)

@@ -373,8 +373,7 @@ class MultimodalTeacher(TeacherMixin, Module):
             # Once per distinct neighbour (a few per item), then gathered.
             ids, inverse = nbr.unique(return_inverse=True)
             _, prompt = self.prompt(ids.new_empty(0), ids)
-            term = F.embedding(inverse, projector._prompt_term(moment,
-                                                               prompt))
+            term = F.embedding(inverse, projector.prompt_term(moment, prompt))
             out = out + projector.beta * (weight * term).sum(1)
         return projector.dropout(out)
 
