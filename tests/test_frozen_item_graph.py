@@ -115,6 +115,36 @@ def test_zero_feature_rows_get_no_neighbours():
     assert torch.isfinite(conv(x)).all()
 
 
+def test_neighbours_are_the_rows_of_the_dense_graph():
+    # Row i of S x from the neighbours' rows of x only.
+    x = make_features(25, {'a': 7})['a']
+    edge_index, edge_weight = knn_item_graph(x, 4, weighted=True)
+    conv = FrozenItemGraph(edge_index, edge_weight, 25)
+    index = torch.tensor([3, 0, 24, 3])
+    nbr, weight = conv.neighbours(index)
+    assert nbr.shape == weight.shape == (4, 4)
+    h = torch.randn(25, 5, dtype=torch.float64)
+    rows = (weight.unsqueeze(-1) * h[nbr]).sum(1)
+    assert torch.allclose(rows, (conv.to_dense() @ h)[index])
+    # The blocks follow a refilled graph (a reloaded state dict).
+    conv.edge_weight.mul_(2.)
+    assert torch.allclose(conv.neighbours(index)[1], 2 * weight)
+
+
+def test_neighbours_need_one_layer_and_row_blocks():
+    x = make_features(12, {'a': 5})['a']
+    edge_index, edge_weight = knn_item_graph(x, 3)
+    with pytest.raises(ValueError, match=r'one layer \(got 2\)'):
+        FrozenItemGraph(edge_index, edge_weight, 12,
+                        num_layers=2).neighbours(torch.tensor([0]))
+    # A mixed graph (two kNN graphs concatenated) is not stored row by row.
+    mixed = mix_item_graphs({'a': (edge_index, edge_weight),
+                             'b': (edge_index, edge_weight)},
+                            {'a': 0.5, 'b': 0.5})
+    with pytest.raises(ValueError, match='got 72 entries for 12 items'):
+        FrozenItemGraph(*mixed, 12).neighbours(torch.tensor([0]))
+
+
 def test_state_dict_repr_and_errors():
     features = make_features(20, {'image': 4, 'text': 3})
     conv = FrozenItemGraph.from_features(features, k=3)
