@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch_geometric.typing
 
 from pmm_geo import evaluate
 from pmm_geo.data import EDGE_TYPE
@@ -19,6 +18,8 @@ from pmm_geo.train import (
     load_checkpoint,
     load_recommender,
 )
+
+from test_subgraph import needs_sampling
 
 KS = (10, 20, 50)
 METRIC_KEYS = {f'{name}@{k}' for name in ('recall', 'ndcg', 'precision',
@@ -167,11 +168,7 @@ def test_teacher_item_graph_switch(data):
     assert plain.modules['teacher'].item_graphs is None
 
 
-@pytest.mark.skipif(
-    not (torch_geometric.typing.WITH_PYG_LIB
-         or torch_geometric.typing.WITH_TORCH_SPARSE),
-    reason="neighbour sampling needs torch-sparse or pyg-lib (the 'sparse' "
-    "extra)")
+@needs_sampling
 def test_teacher_item_graph_trains_sampled(data):
     # The graphs' rows come from the neighbours: no full-graph restriction.
     config = tiny_config(epochs=2, teacher_item_graph=True, teacher_knn_k=5,
