@@ -2,8 +2,9 @@ r"""The two computations every pmm_geo recommender shares: the bipartite
 LightGCN layer stack and the dot-product scoring of user-item pairs."""
 from typing import Optional, Sequence, Tuple
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.nn import Module
 
 
@@ -67,18 +68,51 @@ def lightgcn_propagate(
 
 def gather_rows(table: Tensor, ids: Tensor) -> Tensor:
     r"""The rows :obj:`table[ids]` (:obj:`ids` of any shape), through
-    :func:`~torch.nn.functional.embedding`: an :obj:`index_select` forward
-    and a dense row-accumulating backward, 2-3x cheaper on CPU than
-    advanced indexing (:obj:`aten::index` and its :obj:`index_put_`
-    backward) for the :obj:`[B, n]` id blocks of candidate lists."""
-    return F.embedding(ids, table)
+    :meth:`~torch.Tensor.index_select`: its backward accumulates the
+    gradient rows with one :obj:`index_add_`, about 1.8x cheaper on CPU
+    than :func:`~torch.nn.functional.embedding`'s dense backward and 2x
+    cheaper than advanced indexing (:obj:`aten::index` and its
+    :obj:`index_put_` backward) for the :obj:`[B, n]` id blocks of
+    candidate lists (one thread, 2,048 x 11 ids, 64 dimensions)."""
+    rows = table.index_select(0, ids.reshape(-1))
+    return rows.view(*ids.shape, *table.shape[1:])
 
 
-def _dot(user: Tensor, item: Tensor) -> Tensor:
-    # item is [B, d] or [B, n, d] (n candidates per row).
-    if item.dim() == 3:
-        user = user.unsqueeze(1)
-    return (user * item).sum(-1)
+class _GatheredDot(torch.autograd.Function):
+    r"""The scores :math:`s_{b,j} = \mathbf{u}_{users_b}^{\top}
+    \mathbf{v}_{items_{b,j}}` of :obj:`items` :obj:`[B, n]` against
+    :obj:`users` :obj:`[B]`, with a backward that never broadcasts: the
+    user rows' gradient is one batched product
+    :math:`\sum_j g_{b,j} \mathbf{v}_{items_{b,j}}` and the item rows'
+    gradient one :obj:`index_add_` of :math:`g_{b,j} \mathbf{u}_{users_b}`
+    (the broadcast :obj:`(u * v).sum(-1)` spends most of its time in two
+    broadcast :obj:`[B, n, d]` products in its backward: 4.2 against 3.0
+    ms forward and backward for stage 2's :obj:`[2048, 11]` candidate
+    lists at 64 dimensions, one CPU thread)."""
+    @staticmethod
+    def forward(ctx, user_emb: Tensor, item_emb: Tensor, users: Tensor,
+                items: Tensor) -> Tensor:
+        user = user_emb.index_select(0, users)
+        item = gather_rows(item_emb, items)
+        ctx.save_for_backward(users, items, user, item)
+        ctx.num_users, ctx.num_items = user_emb.size(0), item_emb.size(0)
+        return torch.linalg.vecdot(user.unsqueeze(1), item)
+
+    @staticmethod
+    @once_differentiable  # The saved rows carry no graph.
+    def backward(ctx, grad: Tensor):
+        users, items, user, item = ctx.saved_tensors
+        grad_user = grad_item = None
+        if ctx.needs_input_grad[0]:
+            rows = torch.bmm(grad.unsqueeze(1), item).squeeze(1)
+            grad_user = rows.new_zeros(ctx.num_users, rows.size(1))
+            grad_user.index_add_(0, users, rows)
+        if ctx.needs_input_grad[1]:
+            rows = grad.unsqueeze(-1) * user.unsqueeze(1)
+            grad_item = rows.new_zeros(ctx.num_items, rows.size(-1))
+            grad_item.index_add_(0, items.reshape(-1),
+                                 rows.reshape(-1, rows.size(-1)))
+        return grad_user, grad_item, None, None
 
 
 def pair_scores(user_emb: Tensor, item_emb: Tensor, users: Tensor,
@@ -86,6 +120,7 @@ def pair_scores(user_emb: Tensor, item_emb: Tensor, users: Tensor,
     r"""The scores :math:`\hat{y}_{u,i} = \mathbf{e}_u^{\top}
     \mathbf{e}_i` of user-item pairs: :obj:`items` :obj:`[B]` gives
     :obj:`[B]` scores, :obj:`[B, n]` (e.g. candidate lists) :obj:`[B, n]`.
+    Rows are gathered, never the whole :obj:`[U, I]` score matrix built.
 
     Args:
         user_emb (torch.Tensor): User embeddings :obj:`[U, d]`.
@@ -93,7 +128,18 @@ def pair_scores(user_emb: Tensor, item_emb: Tensor, users: Tensor,
         users (torch.Tensor): User ids :obj:`[B]`.
         items (torch.Tensor): Item ids :obj:`[B]` or :obj:`[B, n]`.
     """
+    if items.dim() == 2 and items.size(1) > 4:
+        return _GatheredDot.apply(user_emb, item_emb, users, items)
+    # A column or a few: the broadcast product is as cheap (bmm's per-row
+    # overhead would dominate the custom backward).
     return _dot(gather_rows(user_emb, users), gather_rows(item_emb, items))
+
+
+def _dot(user: Tensor, item: Tensor) -> Tensor:
+    # item is [B, d] or [B, n, d] (n candidates per row).
+    if item.dim() == 3:
+        user = user.unsqueeze(1)
+    return (user * item).sum(-1)
 
 
 def bpr_scores(user_emb: Tensor, item_emb: Tensor, users: Tensor,
