@@ -131,18 +131,33 @@ def test_neighbours_are_the_rows_of_the_dense_graph():
     assert torch.allclose(conv.neighbours(index)[1], 2 * weight)
 
 
-def test_neighbours_need_one_layer_and_row_blocks():
+def test_neighbours_need_one_layer_and_equal_rows():
     x = make_features(12, {'a': 5})['a']
     edge_index, edge_weight = knn_item_graph(x, 3)
     with pytest.raises(ValueError, match=r'one layer \(got 2\)'):
         FrozenItemGraph(edge_index, edge_weight, 12,
                         num_layers=2).neighbours(torch.tensor([0]))
-    # A mixed graph (two kNN graphs concatenated) is not stored row by row.
-    mixed = mix_item_graphs({'a': (edge_index, edge_weight),
-                             'b': (edge_index, edge_weight)},
-                            {'a': 0.5, 'b': 0.5})
-    with pytest.raises(ValueError, match='got 72 entries for 12 items'):
-        FrozenItemGraph(*mixed, 12).neighbours(torch.tensor([0]))
+    # A graph where item 0 has one entry fewer than the others.
+    drop = (edge_index[0] == 0).nonzero()[0, 0]
+    keep = torch.arange(edge_index.size(1)) != drop
+    with pytest.raises(ValueError, match='from 2 to 3 per item'):
+        FrozenItemGraph(edge_index[:, keep], edge_weight[keep],
+                        12).neighbours(torch.tensor([0]))
+
+
+def test_neighbours_of_a_mixed_graph():
+    # Two kNN graphs concatenated (FREEDOM's S): k_a + k_b entries per row,
+    # not stored row by row.
+    features = make_features(15, {'a': 5, 'b': 4})
+    graphs = {m: knn_item_graph(x, k, weighted=False)
+              for (m, x), k in zip(features.items(), (3, 4))}
+    conv = FrozenItemGraph(*mix_item_graphs(graphs, {'a': 0.3, 'b': 0.7}), 15)
+    index = torch.tensor([14, 0, 7])
+    nbr, weight = conv.neighbours(index)
+    assert nbr.shape == (3, 7)
+    h = torch.randn(15, 2, dtype=torch.float64)
+    rows = (weight.unsqueeze(-1) * h[nbr]).sum(1)
+    assert torch.allclose(rows, (conv.to_dense() @ h)[index])
 
 
 def test_state_dict_repr_and_errors():

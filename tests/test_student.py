@@ -4,7 +4,7 @@ from torch_geometric.typing import WITH_TORCH_SPARSE
 
 import pmm_geo
 from pmm_geo.data import EDGE_TYPE, BipartiteAdjacency, from_arrays
-from pmm_geo.nn import LightGCNStudent
+from pmm_geo.nn import FrozenItemGraph, LightGCNStudent
 
 LAYOUTS = ['edge_index', 'edge_index_fused', 'csr']
 if WITH_TORCH_SPARSE:
@@ -126,6 +126,67 @@ def test_student_repr_reset_and_errors():
         model(adj, torch.tensor([[0], [5]]))
     with pytest.raises(TypeError, match='BipartiteAdjacency'):
         model.get_embedding(torch.zeros(2, 3, dtype=torch.long))
+
+
+def item_graph_of(num_items, seed=0, k=3):
+    # FREEDOM's mixed graph of two random modalities (not stored row by row).
+    gen = torch.Generator().manual_seed(seed)
+    features = {'image': torch.randn(num_items, 6, generator=gen),
+                'text': torch.randn(num_items, 5, generator=gen)}
+    return FrozenItemGraph.from_features(features, k=k)
+
+
+@pytest.mark.parametrize('layout', ['edge_index', 'edge_index_fused'])
+def test_student_item_graph_equals_dense_reference(layout):
+    # e_i = LightGCN(E)_i + (S E^(0))_i with S the dense mixed kNN graph.
+    num_users, num_items = 23, 17
+    edge_index = random_edges(num_users, num_items, 80, seed=1)
+    adj = BipartiteAdjacency(edge_index, num_users, num_items)
+    graph = item_graph_of(num_items)
+    model = LightGCNStudent(num_users, num_items, 8, num_layers=2,
+                            layout=layout, item_graph=graph)
+    user, item = model.get_embedding(adj)
+    user0 = model.user_embedding.weight.detach().clone().requires_grad_()
+    item0 = model.item_embedding.weight.detach().clone().requires_grad_()
+    ref_user, ref_item = dense_lightgcn(edge_index, num_users, num_items,
+                                        user0, item0, [1 / 3] * 3)
+    ref_item = ref_item + graph.to_dense() @ item0
+    assert torch.allclose(user, ref_user, atol=1e-5)
+    assert torch.allclose(item, ref_item, atol=1e-5)
+    # The graph term really contributes, and gradients match the reference.
+    plain = LightGCNStudent(num_users, num_items, 8, num_layers=2)
+    plain.load_state_dict(model.state_dict(), strict=False)
+    assert not torch.allclose(plain.get_embedding(adj)[1], item, atol=1e-3)
+    grad_item = torch.randn_like(item)
+    (item * grad_item).sum().backward()
+    (ref_item * grad_item).sum().backward()
+    assert torch.allclose(model.item_embedding.weight.grad, item0.grad,
+                          atol=1e-5)
+    assert torch.allclose(model.user_embedding.weight.grad, user0.grad,
+                          atol=1e-5)
+
+
+def test_student_item_graph_saved_and_rebuilt():
+    num_users, num_items = 12, 9
+    adj = BipartiteAdjacency(random_edges(num_users, num_items, 30, seed=4),
+                             num_users, num_items)
+    model = LightGCNStudent(num_users, num_items, 4,
+                            item_graph=item_graph_of(num_items, k=2))
+    assert 'item_graph=FrozenItemGraph(9, num_edges=36' in str(model)
+    # Still nothing trainable but the two tables.
+    assert sum(p.numel() for p in model.parameters()) == (12 + 9) * 4
+    args = model.init_args()
+    assert args['item_graph'] == (36, 1)  # Plain ints: a weights_only load.
+    rebuilt = LightGCNStudent(**args)
+    rebuilt.load_state_dict(model.state_dict())
+    for a, b in zip(rebuilt.get_embedding(adj), model.get_embedding(adj)):
+        assert torch.equal(a, b)
+    assert LightGCNStudent(3, 2, 4).init_args()['item_graph'] is None
+
+    with pytest.raises(ValueError, match='over 9 items, the student has 8'):
+        LightGCNStudent(num_users, 8, 4, item_graph=item_graph_of(9))
+    with pytest.raises(ValueError, match="'item_graph' must be a Frozen"):
+        LightGCNStudent(num_users, num_items, 4, item_graph='knn')
 
 
 def test_recommendation_loss():

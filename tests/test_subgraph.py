@@ -221,6 +221,32 @@ def test_teacher_item_graph_rows_on_a_small_subgraph(data, frozen):
 
 
 @needs_sampling
+def test_student_item_graph_rows_on_a_small_subgraph(data):
+    # The student's S E rows of a small subgraph's items come from
+    # neighbours mostly outside it: still the full graph's rows, with a
+    # sparse gradient to exactly the neighbours' rows.
+    from pmm_geo.nn import FrozenItemGraph
+    users, pos, neg, _ = batch_of(data, size=4)
+    graph = FrozenItemGraph.from_features(features_of(data), k=5)
+    torch.manual_seed(2)
+    student = LightGCNStudent(data['user'].num_nodes, data['item'].num_nodes,
+                              8, num_layers=1, item_graph=graph)
+    batch = SubgraphLoader(data, [2], num_hops=1).sample(users, pos, neg)
+    ids = batch.graph.item_id
+    nbr, _ = graph.neighbours(ids)
+    assert not torch.isin(nbr, ids).all()
+    table = student.item_embedding.weight
+    sub = student._item_graph_rows(batch.graph)
+    full = graph(table)[ids]
+    assert torch.allclose(sub, full, atol=1e-6)
+    sub.sum().backward()
+    grad = table.grad
+    assert grad.is_sparse
+    touched = grad.coalesce().indices()[0]
+    assert torch.equal(touched, nbr.unique())
+
+
+@needs_sampling
 @pytest.mark.parametrize('item_graph', [False, True])
 def test_teacher_projects_only_the_sampled_items(data, item_graph):
     features = features_of(data)
@@ -290,6 +316,7 @@ def _first_gradients(data, model, batching, **changes):
 @pytest.mark.parametrize('model,changes', [
     ('promptmm', {}),
     ('promptmm', {'teacher_item_graph': True, 'teacher_knn_k': 4}),
+    ('promptmm', {'student_item_graph': True, 'student_knn_k': 4}),
     ('lightgcn', {}),
     ('lattice', {}),
 ])

@@ -406,6 +406,33 @@ def test_load_model_rebuilds_every_saved_model(data, promptmm_run, tmp_path):
         load_model(tmp_path, 'student')
 
 
+def test_student_item_graph_trains_saves_and_serves(data, tmp_path):
+    # The student's frozen item graph is saved with it: load_model and
+    # load_recommender serve it without features or the data directory.
+    from pmm_geo import load_graph, load_model
+    trainer = Trainer(data, tiny_config(epochs=2, student_item_graph=True,
+                                        student_knn_k=3),
+                      run_dir=tmp_path, quiet=True, plot=False)
+    trainer.fit()
+    trained = trainer.modules['student']
+    assert trained.item_graph is not None
+    assert trained.item_graph.edge_index.size(1) == 2 * 3 * \
+        data['item'].num_nodes  # Two modalities, k = 3 each.
+    student = load_model(tmp_path)
+    assert repr(student) == repr(trained)
+    ckpt = load_checkpoint(tmp_path / 'student.pt')
+    with torch.no_grad():
+        user, item = student.get_embedding(load_graph(tmp_path))
+    assert torch.equal(user, ckpt['user_emb'])
+    assert torch.equal(item, ckpt['item_emb'])
+    users = torch.tensor([1, 4])
+    assert torch.equal(load_recommender(tmp_path).recommend(users, k=5),
+                       student.recommend(load_graph(tmp_path), k=5,
+                                         user_index=users))
+    with pytest.raises(ConfigError, match="'student_knn_k' must be >= 1"):
+        tiny_config(student_item_graph=True, student_knn_k=0)
+
+
 def test_a_registered_model_trains_exports_and_loads(data, tmp_path):
     # Adding a model is one ModelSpec: the config, the command line and
     # the loader all read the registry.

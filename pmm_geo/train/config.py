@@ -71,6 +71,17 @@ class TrainConfig:
             :obj:`"teacher"` (the teacher's final fused embeddings, as the
             original code does; needs :obj:`student_dim ==
             embedding_dim`). (default: :obj:`"fresh"`)
+        student_item_graph (bool): Give the distilled student FREEDOM's
+            frozen item-item content graph :math:`\mathbf{S}` (one kNN graph
+            per modality from the raw features, mixed; built once): its
+            items add :math:`\mathbf{S} \mathbf{E}_I` to their LightGCN
+            embeddings (:class:`~pmm_geo.nn.LightGCNStudent`). The student
+            still owns only id embeddings and serves without features; the
+            :obj:`lightgcn` baseline stays plain LightGCN.
+            (default: :obj:`False`)
+        student_knn_k (int): Neighbours per item of each modality's kNN
+            graph of :obj:`student_item_graph`, self included.
+            (default: :obj:`10`)
         eval_every (int): Evaluate on the validation split every this many
             epochs. (default: :obj:`1`)
         patience (int): Stop a stage after this many evaluations without an
@@ -225,6 +236,8 @@ class TrainConfig:
     student_layers: int = 3
     student_lr: float = 1e-3
     student_init: str = 'fresh'
+    student_item_graph: bool = False
+    student_knn_k: int = 10
     eval_every: int = 1
     patience: int = 100
     ks: Tuple[int, ...] = (10, 20, 50)
@@ -348,6 +361,7 @@ class TrainConfig:
                     'student_dim', 'student_layers', 'eval_every',
                     'patience', 'num_list_negatives', 'lattice_layers',
                     'lattice_knn_k', 'lattice_item_layers', 'teacher_knn_k',
+                    'student_knn_k',
                     'freedom_knn_k', 'checkpoint_every', 'teacher_refresh'):
             if getattr(self, key) < 1:
                 raise ConfigError(f"'{key}' must be >= 1, got "

@@ -208,8 +208,9 @@ class FrozenItemGraph(torch.nn.Module):
         :math:`\mathbf{S} \mathbf{x}` is :obj:`(weight[r, :, None] *
         x[nbr[r]]).sum(0)` from the neighbours' rows of :math:`\mathbf{x}`
         alone (what a sampled subgraph needs: no pass over all items).
-        Needs one layer and :math:`k` entries per row stored row by row, as
-        :func:`~pmm_geo.nn.knn.knn_item_graph` builds the graph.
+        Needs one layer and the same number :math:`k` of entries for every
+        item, as :func:`~pmm_geo.nn.knn.knn_item_graph` builds a graph and
+        :func:`mix_item_graphs` mixes them (:math:`k = M k_m`).
 
         Args:
             index (torch.Tensor): Item ids :math:`(R)`.
@@ -225,19 +226,20 @@ class FrozenItemGraph(torch.nn.Module):
         num_edges = self.edge_index.size(1)
         k = num_edges // self.num_items
         row = self.edge_index[0]
+        counts = torch.bincount(row, minlength=self.num_items)
         if (self.num_layers != 1 or k * self.num_items != num_edges
-                or not torch.equal(row.view(self.num_items, k),
-                                   torch.arange(self.num_items,
-                                                device=row.device)
-                                   .unsqueeze(1).expand(-1, k))):
+                or not bool((counts == k).all())):
             raise ValueError(f'{self.__class__.__name__}.neighbours needs '
                              f'one layer (got {self.num_layers}) and the '
-                             f'same number of entries for every item, '
-                             f'stored row by row (as knn_item_graph builds '
-                             f'them; got {num_edges} entries for '
-                             f'{self.num_items} items)')
-        return (self.edge_index[1].view(self.num_items, k),
-                self.edge_weight.view(self.num_items, k))
+                             f'same number of entries for every item (as '
+                             f'knn_item_graph builds them; got {num_edges} '
+                             f'entries for {self.num_items} items, from '
+                             f'{int(counts.min())} to {int(counts.max())} '
+                             f'per item)')
+        # Stable: a graph stored row by row keeps its order.
+        order = row.argsort(stable=True)
+        return (self.edge_index[1, order].view(self.num_items, k),
+                self.edge_weight[order].view(self.num_items, k))
 
     def to_dense(self) -> Tensor:
         r"""The dense :math:`I \times I` matrix :math:`\mathbf{S}` (tests

@@ -1,11 +1,12 @@
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Embedding, Module
 
 from pmm_geo.data.adjacency import BipartiteAdjacency, as_adjacency
-from pmm_geo.nn.conv import BipartiteConv
+from pmm_geo.nn.conv import BipartiteConv, FrozenItemGraph
 from pmm_geo.nn.functional import lightgcn_propagate, pair_scores
 from pmm_geo.nn._checks import check_recommender
 from pmm_geo.nn.models._args import init_args
@@ -36,6 +37,18 @@ class LightGCNStudent(Module):
 
     and a user-item pair is scored by the dot product
     :math:`\hat{y}_{u,i} = \mathbf{e}_u^{\top} \mathbf{e}_i`.
+
+    With an :obj:`item_graph` (a frozen item-item content graph
+    :math:`\mathbf{S}`, :class:`~pmm_geo.nn.FrozenItemGraph`, as FREEDOM
+    builds it once from the raw item features), the items also aggregate
+    their content neighbours' id embeddings, as in FREEDOM:
+
+    .. math::
+        \mathbf{e}_i \leftarrow \mathbf{e}_i + (\mathbf{S}
+        \mathbf{E}_I^{(0)})_i .
+
+    The graph is structure, not features: the student still owns only id
+    embeddings and serves from them (the graph is saved with its weights).
 
     The API mirrors :class:`torch_geometric.nn.models.LightGCN`
     (:meth:`get_embedding`, :meth:`forward`, :meth:`recommend`,
@@ -72,6 +85,12 @@ class LightGCNStudent(Module):
             (:obj:`"edge_index"`, :obj:`"edge_index_fused"`, :obj:`"csr"` or
             :obj:`"sparse_tensor"`); all give the same result, the fused
             ones much faster. (default: :obj:`"edge_index_fused"`)
+        item_graph (FrozenItemGraph or (int, int), optional): The frozen
+            item-item graph :math:`\mathbf{S}` over the :obj:`num_items`
+            items, one layer; or its size :obj:`(num_entries, num_layers)`
+            for an empty graph that :meth:`load_state_dict` fills (how
+            :func:`pmm_geo.load_model` rebuilds a saved student).
+            (default: :obj:`None`, plain LightGCN)
     """
     def __init__(
         self,
@@ -81,6 +100,7 @@ class LightGCNStudent(Module):
         num_layers: int = 3,
         alpha: Optional[Union[float, Tensor]] = None,
         layout: str = 'edge_index_fused',
+        item_graph: Optional[Union[FrozenItemGraph, Tuple[int, int]]] = None,
     ):
         super().__init__()
         check_recommender('LightGCNStudent', num_users, num_items,
@@ -108,6 +128,7 @@ class LightGCNStudent(Module):
         self.item_embedding = Embedding(self.num_items, self.embedding_dim)
         # One parameter-free conv serves every layer and both directions.
         self.conv = BipartiteConv()
+        self.item_graph = _item_graph(item_graph, self.num_items, layout)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -130,11 +151,24 @@ class LightGCNStudent(Module):
                 train graph, or a sampled part of it.
         """
         adj = self._adjacency(graph)
-        return lightgcn_propagate(self.conv, adj,
-                                  adj.select_users(self.user_embedding.weight),
-                                  adj.select_items(self.item_embedding.weight),
-                                  self.num_layers, self.layout,
-                                  self._layer_weights())
+        user, item = lightgcn_propagate(
+            self.conv, adj, adj.select_users(self.user_embedding.weight),
+            adj.select_items(self.item_embedding.weight), self.num_layers,
+            self.layout, self._layer_weights())
+        if self.item_graph is not None:
+            item = item + self._item_graph_rows(adj)
+        return user, item
+
+    def _item_graph_rows(self, adj) -> Tensor:
+        # (S E) over all items on the full graph; on a sampled subgraph its
+        # items' rows from their neighbours' rows of E alone (a sparse
+        # gradient to the table, as the subgraph's own rows).
+        table = self.item_embedding.weight
+        if adj is adj.root:
+            return self.item_graph(table)
+        nbr, weight = self.item_graph.neighbours(adj.item_id)
+        rows = F.embedding(nbr, table, sparse=table.requires_grad)
+        return (weight.unsqueeze(-1) * rows).sum(1)
 
     def _layer_weights(self) -> List[float]:
         # Python floats give one fused add-with-scale kernel per layer and
@@ -291,9 +325,37 @@ class LightGCNStudent(Module):
     def init_args(self) -> Dict[str, Any]:
         r"""The constructor arguments of this student (what
         :func:`pmm_geo.load_model` rebuilds it from)."""
-        return init_args(self, alpha=self.alpha.detach().cpu().clone())
+        graph = self.item_graph
+        return init_args(
+            self, alpha=self.alpha.detach().cpu().clone(),
+            item_graph=None if graph is None else
+            (graph.edge_index.size(1), graph.num_layers))
 
     def __repr__(self) -> str:
+        graph = '' if self.item_graph is None else \
+            f', item_graph={self.item_graph}'
         return (f'{self.__class__.__name__}({self.num_users}, '
                 f'{self.num_items}, {self.embedding_dim}, '
-                f'num_layers={self.num_layers})')
+                f'num_layers={self.num_layers}{graph})')
+
+
+def _item_graph(item_graph, num_items: int, layout: str
+                ) -> Optional[FrozenItemGraph]:
+    # The student's item graph: given, an empty one of the saved size, or
+    # none.
+    if item_graph is None or isinstance(item_graph, FrozenItemGraph):
+        graph = item_graph
+    elif (isinstance(item_graph, (tuple, list)) and len(item_graph) == 2
+          and all(isinstance(v, int) for v in item_graph)):
+        size, num_layers = item_graph
+        graph = FrozenItemGraph(torch.zeros(2, size, dtype=torch.long),
+                                torch.zeros(size), num_items, num_layers,
+                                layout)
+    else:
+        raise ValueError(f"'item_graph' must be a FrozenItemGraph, its size "
+                         f"(num_entries, num_layers) or None (got "
+                         f"{type(item_graph).__name__})")
+    if graph is not None and graph.num_items != num_items:
+        raise ValueError(f"'item_graph' is over {graph.num_items} items, the "
+                         f"student has {num_items}")
+    return graph

@@ -1,18 +1,30 @@
 r"""The :obj:`lightgcn` baseline: the student's architecture trained
 alone."""
+import torch
+
+from pmm_geo.nn.conv import FrozenItemGraph
 from pmm_geo.nn.models.student import LightGCNStudent
 
 from ..config import TrainConfig
 from .base import BPRStage, ModelSpec, StageContext
 
 
-def build_student(config: TrainConfig, ctx: StageContext) -> LightGCNStudent:
+def build_student(config: TrainConfig, ctx: StageContext,
+                  item_graph: bool = False) -> LightGCNStudent:
     r"""A freshly initialized student (also the :obj:`lightgcn`
-    baseline)."""
+    baseline); with :obj:`item_graph`, with FREEDOM's frozen item-item
+    graph built from the item features (:obj:`student_knn_k` neighbours per
+    modality, FREEDOM's mix)."""
+    graph = None
+    if item_graph:
+        graph = FrozenItemGraph.from_features(
+            ctx.features, config.student_knn_k,
+            layout=config.layout).to(torch.get_default_dtype())
     return LightGCNStudent(ctx.num_users, ctx.num_items,
                            embedding_dim=config.student_dim,
                            num_layers=config.student_layers,
-                           layout=config.layout).to(ctx.graph.device)
+                           layout=config.layout,
+                           item_graph=graph).to(ctx.graph.device)
 
 
 class LightGCNStage(BPRStage):

@@ -113,7 +113,7 @@ class DistillStage(Stage):
     def build(self, previous):
         cfg = self.config
         teacher = previous['teacher']
-        student = build_student(cfg, self.ctx)
+        student = build_student(cfg, self.ctx, cfg.student_item_graph)
         if cfg.student_init == 'teacher':
             self._init_from_teacher(student, teacher)
         self.objective = build_objective(cfg, teacher.modalities).to(
