@@ -69,7 +69,24 @@ def gen_worker(spec: Dict[str, Any]) -> None:
 
 def model_worker(spec: Dict[str, Any]) -> None:
     # 'lightgcn x2' under torchrun: each rank steps through its shard.
-    name, group = spec['model'].split()[0], Distributed.from_env()
+    group = Distributed.from_env()
+    # The DDP wrapper lives in _time_model's frame only: freed there, with
+    # the process group still registered. Freed after close() (a local
+    # here), its reducer would drop the group's last reference with the GIL
+    # held, and the group's destructor would wait for its gloo thread,
+    # which needs the GIL to finish the last barrier's work: a deadlock
+    # (seen at teardown in CI).
+    result = _time_model(spec, group)
+    group.barrier()
+    if result is not None:
+        C.write(spec['result'], result)
+    group.close()
+
+
+def _time_model(spec: Dict[str, Any], group: Distributed
+                ) -> Optional[Dict[str, Any]]:
+    # One model's steps, then (rank 0) evaluation and inference timings.
+    name = spec['model'].split()[0]
     data = from_arrays(**torch.load(spec['data'], weights_only=True))
     base = C.rss_mb()
     C.reset_peak_rss()
@@ -96,8 +113,8 @@ def model_worker(spec: Dict[str, Any]) -> None:
                                           *next(batches), index, forward)
         wall.append(step_s)
         cpu.append(step_cpu)
-    if not group.is_main:  # Rank 0 hosts the store: close together.
-        return group.barrier(), group.close()
+    if not group.is_main:
+        return None
 
     def per_epoch(times: List[float]) -> float:
         rest = statistics.median(times[1:]) if len(times) > 1 else times[0]
@@ -114,7 +131,7 @@ def model_worker(spec: Dict[str, Any]) -> None:
                                 stage.ctx.num_items, trainer.features, K)[0]
                for _ in range(spec['repeats'])]
     params, size = C.footprint(name, model, trainer.features)
-    C.write(spec['result'], {
+    return {
         'model': name, 'num_train_edges': int(edges.size(1)),
         'setup_seconds': setup, 'warmup_step_seconds': wall[0],
         'step_seconds': wall[1:], 'steps_per_epoch': num_batches,
@@ -127,8 +144,7 @@ def model_worker(spec: Dict[str, Any]) -> None:
         'base_memory_mb': base, 'serving_params': params, 'serving_mb': size,
         'trainable_params': stage.num_params(),
         'threads': torch.get_num_threads(), 'processes': group.world_size,
-    })
-    group.barrier(), group.close()
+    }
 
 
 def _run_spec(spec: Dict[str, Any]) -> None:
