@@ -144,6 +144,14 @@ class Distributed:
             dist.barrier()
 
     def close(self) -> None:
+        r"""Leaves the process group. Free every
+        :class:`~torch.nn.parallel.DistributedDataParallel` wrapper first
+        (e.g. :meth:`wrap_stage`'s callable, as the engine does when a stage
+        ends): a wrapper freed after this call drops the gloo group's last
+        reference from its reducer with the GIL held, and the group's
+        destructor then waits for its worker thread, which needs the GIL to
+        finish the last collective's work (a teardown deadlock seen with
+        torch 2.13 on CPU)."""
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
