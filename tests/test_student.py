@@ -69,11 +69,16 @@ def test_student_equals_dense_lightgcn(layout, num_layers, alpha):
     assert torch.allclose(user, ref_user, atol=1e-5)
     assert torch.allclose(item, ref_item, atol=1e-5)
 
-    # Same gradients w.r.t. the layer-0 embeddings.
-    grad_user = torch.randn_like(user)
-    grad_item = torch.randn_like(item)
-    ((user * grad_user).sum() + (item * grad_item).sum()).backward()
-    ((ref_user * grad_user).sum() + (ref_item * grad_item).sum()).backward()
+    assert_same_gradients(model, (user, item), (ref_user, ref_item),
+                          user0, item0)
+
+
+def assert_same_gradients(model, out, ref, user0, item0):
+    # Same gradients w.r.t. the layer-0 embeddings for a random upstream
+    # gradient of the (user, item) outputs and of their references.
+    grads = [torch.randn_like(x) for x in out]
+    sum((x * g).sum() for x, g in zip(out, grads)).backward()
+    sum((x * g).sum() for x, g in zip(ref, grads)).backward()
     assert torch.allclose(model.user_embedding.weight.grad, user0.grad,
                           atol=1e-5)
     assert torch.allclose(model.item_embedding.weight.grad, item0.grad,
@@ -157,13 +162,8 @@ def test_student_item_graph_equals_dense_reference(layout):
     plain = LightGCNStudent(num_users, num_items, 8, num_layers=2)
     plain.load_state_dict(model.state_dict(), strict=False)
     assert not torch.allclose(plain.get_embedding(adj)[1], item, atol=1e-3)
-    grad_item = torch.randn_like(item)
-    (item * grad_item).sum().backward()
-    (ref_item * grad_item).sum().backward()
-    assert torch.allclose(model.item_embedding.weight.grad, item0.grad,
-                          atol=1e-5)
-    assert torch.allclose(model.user_embedding.weight.grad, user0.grad,
-                          atol=1e-5)
+    assert_same_gradients(model, (user, item), (ref_user, ref_item),
+                          user0, item0)
 
 
 def test_student_item_graph_saved_and_rebuilt():
