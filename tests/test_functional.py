@@ -31,7 +31,8 @@ def test_pair_scores_match_the_dense_score_matrix(shape):
     user, item = tables()
     # Repeated users and items: their gradient rows must accumulate.
     users = torch.tensor([0, 3, 3, 6, 1, 0])
-    items = torch.randint(0, 5, shape, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    items = torch.randint(0, 5, shape, generator=gen)
     weights = torch.randn(shape, dtype=torch.double)
     got = pair_scores(user, item, users, items)
     want = dense_scores(user, item, users, items)
@@ -83,7 +84,8 @@ def test_pair_scores_gradient_to_one_table_only():
 @pytest.mark.parametrize('neg_shape', [(6, ), (6, 2)])
 def test_bpr_scores_match_the_dense_score_matrix(neg_shape):
     user, item = tables()
-    users, pos = torch.tensor([0, 3, 3, 6, 1, 0]), torch.tensor([0, 1, 1, 4, 2, 3])
+    users = torch.tensor([0, 3, 3, 6, 1, 0])
+    pos = torch.tensor([0, 1, 1, 4, 2, 3])
     neg = torch.randint(0, 5, neg_shape,
                         generator=torch.Generator().manual_seed(2))
     s_pos, s_neg = bpr_scores(user, item, users, pos, neg)
