@@ -126,6 +126,7 @@ def test_neighbours_are_the_rows_of_the_dense_graph():
     h = torch.randn(25, 5, dtype=torch.float64)
     rows = (weight.unsqueeze(-1) * h[nbr]).sum(1)
     assert torch.allclose(rows, (conv.to_dense() @ h)[index])
+    assert torch.allclose(conv.rows(h, index), rows)
     # The blocks follow a refilled graph (a reloaded state dict).
     conv.edge_weight.mul_(2.)
     assert torch.allclose(conv.neighbours(index)[1], 2 * weight)

@@ -222,6 +222,21 @@ class FrozenItemGraph(torch.nn.Module):
         nbr, weight = self._blocks[1]
         return nbr[index], weight[index]
 
+    def rows(self, x: Tensor, index: Tensor) -> Tensor:
+        r"""The rows :obj:`index` of :math:`\mathbf{S} \mathbf{x}` from
+        the neighbours' rows of :obj:`x` alone (:meth:`neighbours`; one
+        layer). A trainable table :obj:`x` (a leaf) gets a sparse gradient
+        on exactly those rows, as a sampled subgraph's own rows do.
+
+        Args:
+            x (torch.Tensor): Item features :math:`(I, F)`.
+            index (torch.Tensor): Item ids :math:`(R)`.
+        """
+        nbr, weight = self.neighbours(index)
+        sparse = x.requires_grad and x.is_leaf
+        return (weight.unsqueeze(-1) *
+                torch.nn.functional.embedding(nbr, x, sparse=sparse)).sum(1)
+
     def _row_blocks(self) -> Tuple[Tensor, Tensor]:
         num_edges = self.edge_index.size(1)
         k = num_edges // self.num_items

@@ -334,14 +334,9 @@ class MultimodalTeacher(TeacherMixin, Module):
     def _content_rows(self, item_ids: Tensor) -> Tensor:
         # Rows item_ids of sum_m w_m S_m E from the neighbours' rows of E
         # only (a sampled subgraph; sparse gradient to a trainable table).
-        table = self.item_embedding.weight
-        out = 0.
-        for m, conv in self.item_graphs.items():
-            nbr, weight = conv.neighbours(item_ids)
-            rows = F.embedding(nbr, table, sparse=table.requires_grad)
-            out = out + self.item_graph_weights[m] * (
-                weight.unsqueeze(-1) * rows).sum(1)
-        return out
+        return sum(self.item_graph_weights[m] *
+                   conv.rows(self.item_embedding.weight, item_ids)
+                   for m, conv in self.item_graphs.items())
 
     def _modal_branch(self, adj: BipartiteAdjacency, projected: Tensor,
                       modality: str) -> Tuple[Tensor, Tensor]:
