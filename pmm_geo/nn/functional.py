@@ -92,7 +92,7 @@ class _GatheredDot(torch.autograd.Function):
     @staticmethod
     def forward(ctx, user_emb: Tensor, item_emb: Tensor, users: Tensor,
                 items: Tensor) -> Tensor:
-        user = user_emb.index_select(0, users)
+        user = gather_rows(user_emb, users)
         item = gather_rows(item_emb, items)
         ctx.save_for_backward(users, items, user, item)
         ctx.num_users, ctx.num_items = user_emb.size(0), item_emb.size(0)

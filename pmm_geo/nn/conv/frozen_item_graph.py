@@ -168,6 +168,15 @@ class FrozenItemGraph(torch.nn.Module):
         edge_index, edge_weight = mix_item_graphs(graphs, modality_weights)
         return cls(edge_index, edge_weight, num_items, num_layers, layout)
 
+    @classmethod
+    def empty(cls, num_entries: int, num_items: int, num_layers: int = 1,
+              layout: str = 'edge_index_fused') -> 'FrozenItemGraph':
+        r"""A graph of :obj:`num_entries` zero entries, for
+        :meth:`load_state_dict` to fill (a saved model rebuilt without its
+        features)."""
+        return cls(torch.zeros(2, num_entries, dtype=torch.long),
+                   torch.zeros(num_entries), num_items, num_layers, layout)
+
     def reset_parameters(self):
         r"""Nothing to reset: the graph is frozen."""
         self.conv.reset_parameters()

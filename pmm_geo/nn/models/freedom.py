@@ -203,10 +203,9 @@ class FREEDOM(torch.nn.Module):
                 num_layers=item_graph_layers, block_size=knn_block_size,
                 layout=layout).to(self.item_embedding.weight.dtype)
         else:  # k entries per item and modality, filled by a state dict.
-            size = len(features) * num_items * knn_k
-            self.item_graph = FrozenItemGraph(
-                torch.zeros(2, size, dtype=torch.long), torch.zeros(size),
-                num_items, item_graph_layers, layout)
+            self.item_graph = FrozenItemGraph.empty(
+                len(features) * num_items * knn_k, num_items,
+                item_graph_layers, layout)
         self.projections = ModuleDict({
             m: Linear(dim, embedding_dim)
             for m, dim in self.feature_dims.items()

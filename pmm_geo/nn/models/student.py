@@ -344,10 +344,8 @@ def _item_graph(item_graph, num_items: int, layout: str
         graph = item_graph
     elif (isinstance(item_graph, (tuple, list)) and len(item_graph) == 2
           and all(isinstance(v, int) for v in item_graph)):
-        size, num_layers = item_graph
-        graph = FrozenItemGraph(torch.zeros(2, size, dtype=torch.long),
-                                torch.zeros(size), num_items, num_layers,
-                                layout)
+        graph = FrozenItemGraph.empty(item_graph[0], num_items,
+                                      item_graph[1], layout)
     else:
         raise ValueError(f"'item_graph' must be a FrozenItemGraph, its size "
                          f"(num_entries, num_layers) or None (got "
