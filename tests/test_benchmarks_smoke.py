@@ -72,11 +72,12 @@ def test_compare_smoke(tmp_path):
                  metrics['rank_seconds']['mean'])
         assert got == pytest.approx(parts, rel=1e-6)
 
-    # Serving footprints: the student needs its two embedding tables (and
-    # its 3 + 1 layer weights) only; the teacher also its feature tables
-    # (60 x 18 values) and more.
+    # Serving footprints: the student needs its two embedding tables, its
+    # 3 + 1 layer weights and its frozen item graph (2 modalities x 60
+    # items x k = 10 entries: row, column, weight) only; the teacher also
+    # its feature tables (60 x 18 values) and more.
     student = on_disk['student']['serving_params']['mean']
-    assert student == (40 + 60) * 64 + 4
+    assert student == (40 + 60) * 64 + 4 + 3 * 2 * 60 * 10
     assert on_disk['teacher']['serving_params']['mean'] > student + 60 * 18
 
     runs = json.loads((out / 'compare_runs.json').read_text())['runs']

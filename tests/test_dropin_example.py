@@ -70,9 +70,11 @@ def test_engine_and_example_train_on_the_same_objective(example):
 
     data = synthetic(num_users=120, num_items=90, num_interactions=1500,
                      seed=0)
+    # The example's student is PyG's plain LightGCN: no item-item graph.
     config = TrainConfig(embedding_dim=16, student_dim=8, num_layers=2,
                          student_layers=2, num_list_negatives=5,
-                         prompt_tuning=False, kd_emb_weight=0.5)
+                         prompt_tuning=False, kd_emb_weight=0.5,
+                         student_item_graph=False)
     ctx = Trainer(data, config, quiet=True, plot=False).context
     teacher = TeacherStage(ctx)
     teacher.build({})

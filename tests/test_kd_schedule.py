@@ -71,6 +71,10 @@ def test_config_keys():
     with pytest.raises(ConfigError,
                        match="'kd_patience' must be >= 0, got -1"):
         TrainConfig(kd_patience=-1)
+    assert TrainConfig().kd_fade_margin == 0.1
+    with pytest.raises(ConfigError,
+                       match="'kd_fade_margin' must be >= 0, got -0.5"):
+        TrainConfig(kd_fade_margin=-0.5)
 
 
 @pytest.mark.parametrize('kd_patience,expected', [(0, 7), (3, 3)])
@@ -85,6 +89,30 @@ def test_kd_patience_reaches_the_schedule(kd_patience, expected):
     next(stages)
     student = next(stages)
     assert student.schedule.patience == expected
+
+
+
+@pytest.mark.parametrize('margin', [0.0, 0.1])
+def test_the_fade_waits_for_the_margin_over_the_teacher(margin):
+    data = synthetic(num_users=40, num_items=30, num_interactions=300,
+                     modalities={'image': 8}, seed=0)
+    config = TrainConfig(model='promptmm', embedding_dim=8, student_dim=8,
+                         num_layers=1, student_layers=1, batching='full',
+                         kd_fade_margin=margin)
+    trainer = Trainer(data, config, quiet=True, plot=False)
+    stages = trainer.stages()
+    next(stages)
+    student = next(stages)
+    student.teacher_score = 0.2
+    bar = 0.2 * (1 + margin)
+    # Below the bar: the weights stay; at the bar they halve.
+    assert student.evaluated(bar - 1e-3, True) is None
+    assert student.objective.pair_weight == config.kd_pair_weight
+    message = student.evaluated(bar, True)
+    assert f'{bar:.4f}' in message and f'{1 + margin:g} x' in message
+    assert student.schedule.scale == 0.5
+    assert student.objective.list_weight == 0.5 * config.kd_list_weight
+    assert student.objective.emb_weight == 0.5 * config.kd_emb_weight
 
 
 def _noise_run(data, model, seed, schedule):

@@ -77,8 +77,9 @@ class TrainConfig:
             items add :math:`\mathbf{S} \mathbf{E}_I` to their LightGCN
             embeddings (:class:`~pmm_geo.nn.LightGCNStudent`). The student
             still owns only id embeddings and serves without features; the
-            :obj:`lightgcn` baseline stays plain LightGCN.
-            (default: :obj:`False`)
+            :obj:`lightgcn` baseline stays plain LightGCN. The default on
+            validation over Scientific and MovieLens-100k, with
+            :obj:`kd_fade_margin` (docs/results.md). (default: :obj:`True`)
         student_knn_k (int): Neighbours per item of each modality's kNN
             graph of :obj:`student_item_graph`, self included.
             (default: :obj:`10`)
@@ -113,6 +114,13 @@ class TrainConfig:
             score after which the :obj:`"plateau"` schedule switches the
             distillation off; :obj:`0` takes :obj:`patience`.
             (default: :obj:`0`)
+        kd_fade_margin (float): The :obj:`"plateau"` schedule fades the
+            distillation only while the student's validation Recall@20 is
+            at least :math:`(1 + m)` times the teacher's: a teacher a few
+            percent below the student still carries ranking information
+            the student lacks (MovieLens-100k, docs/results.md); a noise
+            teacher lies far below. :obj:`0` fades as soon as the student
+            ties its teacher. (default: :obj:`0.1`)
         kd_one_sided (bool): The pairwise and listwise KD count a row only
             where the teacher is surer of the positive than the student
             (:class:`~pmm_geo.nn.PairwiseKDLoss`): they can raise the
@@ -236,7 +244,7 @@ class TrainConfig:
     student_layers: int = 3
     student_lr: float = 1e-3
     student_init: str = 'fresh'
-    student_item_graph: bool = False
+    student_item_graph: bool = True
     student_knn_k: int = 10
     eval_every: int = 1
     patience: int = 100
@@ -247,6 +255,7 @@ class TrainConfig:
     kd_emb_weight: float = 0.1
     kd_schedule: str = 'plateau'
     kd_patience: int = 0
+    kd_fade_margin: float = 0.1
     kd_list_target: str = 'branches'
     kd_one_sided: bool = True
     pair_tau: float = 1.0
@@ -370,10 +379,11 @@ class TrainConfig:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"'{key}' must be > 0, got "
                                   f'{getattr(self, key)}')
-        for key in ('kd_patience', 'weight_decay', 'reg_weight',
-                    'kd_pair_weight', 'kd_list_weight', 'kd_emb_weight',
-                    'list_alpha', 'list_beta', 'teacher_beta', 'teacher_gamma',
-                    'teacher_lambda', 'teacher_modality_weight',
+        for key in ('kd_patience', 'kd_fade_margin', 'weight_decay',
+                    'reg_weight', 'kd_pair_weight', 'kd_list_weight',
+                    'kd_emb_weight', 'list_alpha', 'list_beta',
+                    'teacher_beta', 'teacher_gamma', 'teacher_lambda',
+                    'teacher_modality_weight',
                     'freedom_layers', 'freedom_feature_weight'):
             if getattr(self, key) < 0:
                 raise ConfigError(f"'{key}' must be >= 0, got "

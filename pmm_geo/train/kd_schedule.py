@@ -17,26 +17,29 @@ class KDSchedule(Module):
         + \lambda_{emb} \sum_m \mathcal{L}_{emb}^m\right), \qquad
         s_{t+1} = \begin{cases}
         0 & \text{no new best } R^S \text{ in } p \text{ evaluations} \\
-        \rho\, s_t & R^S_t \geq R^T \\
+        \rho\, s_t & R^S_t \geq (1 + m) R^T \\
         s_t & \text{otherwise}
         \end{cases}
 
     from :math:`s_0 = 1`, where :math:`R^S_t` is the student's validation
-    Recall@20 at evaluation :math:`t`, :math:`R^T` the teacher's, and
+    Recall@20 at evaluation :math:`t`, :math:`R^T` the teacher's,
+    :math:`m \geq 0` a margin (the stage's :obj:`kd_fade_margin`), and
     :math:`s = 0` for good once it falls below :obj:`min_scale`.
 
     The teacher's targets are a regularizer whose right weight depends on
     the data: on sparse data they lift the student for hundreds of epochs;
     on dense data (many interactions per user) they hold it on a plateau
     where BPR alone would keep improving; a teacher whose targets are noise
-    only pulls it down. So the distillation fades while the student scores
-    at least the teacher (a weak or noise teacher: from the first
-    evaluations), and is switched off when the student stops improving
-    under it: where early stopping would have ended the stage (:obj:`p` is
-    the engine's patience), the student continues on BPR alone from what
-    the teacher taught it, until its validation score stalls again. Until
+    only pulls it down, while a teacher a few percent below the student
+    still carries ranking information the student lacks. So the
+    distillation fades while the student beats the teacher by more than
+    the margin (a noise teacher: from the first evaluations), and is
+    switched off when the student stops improving under it: where early
+    stopping would have ended the stage (:obj:`p` is the engine's
+    patience), the student continues on BPR alone from what the teacher
+    taught it, until its validation score stalls again. Until
     either happens the run is the paper's (fixed weights); while the
-    student stays below its teacher, the run only goes on longer than the
+    student stays below that bar, the run only goes on longer than the
     paper's, so the selected student is at least as good on validation.
     :meth:`step` returns :obj:`True` on each change, and the engine
     restarts its early-stopping count and the optimizer's state (Adam's
@@ -98,8 +101,8 @@ class KDSchedule(Module):
 
         Args:
             improved (bool): The student reached a new best score.
-            caught_up (bool): The student scores at least the teacher.
-                (default: :obj:`False`)
+            caught_up (bool): The student beats the teacher by at least
+                the margin. (default: :obj:`False`)
         """
         if self.mode == 'constant' or self.scale == 0.:
             return False

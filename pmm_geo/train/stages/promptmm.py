@@ -105,9 +105,9 @@ class DistillStage(Stage):
     starts from random tables or, with :obj:`student_init="teacher"`, from
     the teacher's final fused embeddings. The three distillation weights
     follow a :class:`~pmm_geo.train.KDSchedule` (:obj:`kd_schedule`): by
-    default they fade while the student scores at least the teacher on
-    validation and switch off where early stopping would have ended the
-    stage, so the student finishes on BPR alone."""
+    default they fade while the student beats the teacher on validation
+    by more than :obj:`kd_fade_margin` and switch off where early stopping
+    would have ended the stage, so the student finishes on BPR alone."""
     name = 'student'
 
     def build(self, previous):
@@ -166,12 +166,14 @@ class DistillStage(Stage):
         self.objective.emb_weight = cfg.kd_emb_weight * scale
 
     def evaluated(self, score, improved):
-        caught_up = score >= self.teacher_score
+        bar = (1 + self.config.kd_fade_margin) * self.teacher_score
+        caught_up = score >= bar
         if not self.schedule.step(improved, caught_up):
             return None
         self._apply_schedule()
         scale = self.schedule.scale
-        why = (f"validation {score:.4f} >= the teacher's "
+        why = (f"validation {score:.4f} >= {bar:.4f}, "
+               f"{1 + self.config.kd_fade_margin:g} x the teacher's "
                f'{self.teacher_score:.4f}' if caught_up else
                f'no new best in {self.schedule.patience} evaluations')
         head = (f'distillation weights x{scale:g}' if scale > 0 else
