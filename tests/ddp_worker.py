@@ -11,6 +11,7 @@ import torch_geometric.typing
 from pmm_geo.data import synthetic
 from pmm_geo.train import Trainer, TrainConfig, TrainingInterrupted, \
     train_step
+from pmm_geo.train import distributed as distributed_module
 from pmm_geo.train.distributed import Distributed
 
 SAMPLING = (torch_geometric.typing.WITH_PYG_LIB
@@ -19,6 +20,19 @@ CONFIG = dict(epochs=3, batch_size=64, embedding_dim=8, student_dim=8,
               num_layers=1, student_layers=1, num_list_negatives=3,
               patience=5, ks=(10, 20),
               batching='sampled' if SAMPLING else 'full')
+
+
+#: Whether each bucket the DDP hook of a sampled stage reduced was sparse.
+SPARSE_BUCKETS = []
+_hook = distributed_module.sparse_safe_allreduce_hook
+
+
+def counting_hook(state, bucket) -> torch.futures.Future[torch.Tensor]:
+    SPARSE_BUCKETS.append(bucket.buffer().is_sparse)
+    return _hook(state, bucket)
+
+
+distributed_module.sparse_safe_allreduce_hook = counting_hook
 
 
 def tiny_data():
@@ -78,7 +92,9 @@ def main(root: str) -> None:
                 'writes': full.writes,
                 'weights': {name: m.state_dict() for name, m in
                             resumed.modules.items() if name != 'objective'},
-                'full_weights': full.modules['student'].state_dict()},
+                'full_weights': full.modules['student'].state_dict(),
+                'sparse_buckets': sum(SPARSE_BUCKETS),
+                'dense_buckets': len(SPARSE_BUCKETS) - sum(SPARSE_BUCKETS)},
                os.path.join(root, f'rank{group.rank}.pt'))
     group.close()
 
