@@ -35,6 +35,29 @@ def counting_hook(state, bucket) -> torch.futures.Future[torch.Tensor]:
 distributed_module.sparse_safe_allreduce_hook = counting_hook
 
 
+class _Bucket:  # What the hook reads of a torch.distributed.GradBucket.
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def buffer(self):
+        return self.tensor
+
+
+def hook_on_uneven_rows(group: Distributed) -> bool:
+    r"""Whether the hook averages two ranks' sparse gradients of different
+    sizes (3 and 2 entries, one row shared, one row given twice) and dense
+    buckets to the dense mean."""
+    rows = [torch.tensor([[4, 0, 4]]), torch.tensor([[0, 2]])]
+    values = [torch.arange(12.).view(3, 4), -torch.ones(2, 4)]
+    grads = [torch.sparse_coo_tensor(i, v, (5, 4)) for i, v in
+             zip(rows, values)]
+    mean = (grads[0].to_dense() + grads[1].to_dense()) / 2
+    out = _hook(None, _Bucket(grads[group.rank])).wait()
+    dense = _hook(None, _Bucket(grads[group.rank].to_dense())).wait()
+    return (out.is_sparse and torch.equal(out.to_dense(), mean)
+            and torch.equal(dense, mean))
+
+
 def tiny_data():
     return synthetic(num_users=60, num_items=40, num_interactions=900,
                      modalities={'image': 6, 'text': 4}, seed=0)
@@ -67,6 +90,7 @@ def main(root: str) -> None:
     torch.set_num_threads(1)
     group = Distributed.from_env()
     data = tiny_data()
+    hook_ok = hook_on_uneven_rows(group)
     steps = {b: one_step(data, b, group)
              for b in (('full', 'sampled') if SAMPLING else ('full', ))}
     config = TrainConfig(**CONFIG)
@@ -93,6 +117,7 @@ def main(root: str) -> None:
                 'weights': {name: m.state_dict() for name, m in
                             resumed.modules.items() if name != 'objective'},
                 'full_weights': full.modules['student'].state_dict(),
+                'hook_ok': hook_ok,
                 'sparse_buckets': sum(SPARSE_BUCKETS),
                 'dense_buckets': len(SPARSE_BUCKETS) - sum(SPARSE_BUCKETS)},
                os.path.join(root, f'rank{group.rank}.pt'))

@@ -74,6 +74,10 @@ def test_a_step_on_two_shards_is_a_step_on_their_union(ranks, batching):
         assert all(out['dense_buckets'] > 0 for out in ranks[1])
 
 
+def test_the_hook_averages_uneven_sparse_gradients(ranks):
+    assert all(out['hook_ok'] for out in ranks[1])
+
+
 def test_two_processes_train_interrupt_and_resume(ranks):
     root, (rank0, rank1) = ranks
     # Both ranks end with the same results and identical weights.

@@ -193,14 +193,14 @@ def sparse_safe_allreduce_hook(state: Any, bucket
         return dist.all_reduce(tensor, async_op=True).get_future().then(
             lambda fut: fut.value()[0])
     grad = tensor.coalesce()
-    rows, values = grad.indices()[0], grad.values()
-    counts = _all_gather(torch.tensor([rows.numel()]))
-    size = int(max(int(c) for c in counts))
-    all_rows = _all_gather(_pad(rows, size))
-    all_values = _all_gather(_pad(values, size))
-    rows = torch.cat([r[:int(c)] for r, c in zip(all_rows, counts)])
-    values = torch.cat([v[:int(c)] for v, c in zip(all_values, counts)])
-    total = torch.sparse_coo_tensor(rows.unsqueeze(0), values / world_size,
+    # One row per entry: its indices (sparse_dim of them) and its values.
+    indices, values = grad.indices().t(), grad.values()
+    counts = [int(c) for c in _all_gather(torch.tensor([grad._nnz()]))]
+    all_indices = _all_gather(_pad(indices, max(counts)))
+    all_values = _all_gather(_pad(values, max(counts)))
+    indices = torch.cat([i[:c] for i, c in zip(all_indices, counts)])
+    values = torch.cat([v[:c] for v, c in zip(all_values, counts)])
+    total = torch.sparse_coo_tensor(indices.t(), values / world_size,
                                     grad.shape).coalesce()
     future: torch.futures.Future[Tensor] = torch.futures.Future()
     future.set_result(total)
