@@ -177,7 +177,7 @@ def sparse_safe_allreduce_hook(state: Any, bucket
     :obj:`tests/ddp_worker.py` on CPU (torch 2.13, gloo) a rank died of a
     corrupted heap in gloo's worker thread (:obj:`malloc(): unaligned
     tcache chunk detected`, or a segmentation fault in its next
-    allocation); with this hook, 0 of 70 runs on the same machine. Dense
+    allocation); with this hook, 0 of 150 runs on the same machine. Dense
     collectives are gloo's common path. The result is the same average
     (the tests compare a step on two shards with one process's step on
     their union to 1e-6).
