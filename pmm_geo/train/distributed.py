@@ -167,7 +167,8 @@ class Distributed:
 def sparse_safe_allreduce_hook(state: Any, bucket
                                ) -> torch.futures.Future[torch.Tensor]:
     r"""The DDP communication hook of stages with sparse tables: a dense
-    bucket is averaged by an asynchronous all-reduce, as DDP's default; a
+    bucket is averaged by torch's own :obj:`allreduce_hook` (DDP's default
+    behaviour, an asynchronous all-reduce); a
     sparse gradient (one table's touched rows) by dense all-gathers of the
     ranks' row ids and rows, summed into one coalesced sparse gradient and
     divided by the world size.
@@ -186,12 +187,15 @@ def sparse_safe_allreduce_hook(state: Any, bucket
         state: Unused (DDP's hook signature).
         bucket (torch.distributed.GradBucket): The bucket to reduce.
     """
+    # Imported here: the package imports on torch builds without
+    # torch.distributed, and only a distributed run calls the hook.
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import \
+        allreduce_hook
+
     tensor = bucket.buffer()
-    world_size = dist.get_world_size()
     if not tensor.is_sparse:
-        tensor.div_(world_size)
-        return dist.all_reduce(tensor, async_op=True).get_future().then(
-            lambda fut: fut.value()[0])
+        return allreduce_hook(None, bucket)
+    world_size = dist.get_world_size()
     grad = tensor.coalesce()
     # One row per entry: its indices (sparse_dim of them) and its values.
     indices, values = grad.indices().t(), grad.values()
