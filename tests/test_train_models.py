@@ -9,8 +9,8 @@ from pmm_geo import load_graph, load_model
 from pmm_geo.cli import CommandError, build_parser
 from pmm_geo.data import modalities
 from pmm_geo.nn import FREEDOM, LATTICETeacher, LightGCNStudent
-from pmm_geo.train import (Trainer, TrainingInterrupted, load_checkpoint,
-                           load_recommender)
+from pmm_geo.train import (ConfigError, Trainer, TrainingInterrupted,
+                           load_checkpoint, load_recommender)
 
 from test_train import results_without_time, small_data, tiny_config
 
@@ -99,3 +99,49 @@ def test_command_line_choices():
                        "'freedom'"):
         build_parser().parse_args(['train', 'd', '--out', 'o', '--teacher',
                                    'freedom'])
+
+
+def test_teacher_prune_ratio_trains_on_pruned_graphs(data, monkeypatch):
+    # Each stage-1 epoch propagates over FREEDOM's pruned graph: 20 % of
+    # the edges at ratio 0.8, a fresh draw every epoch; stage 2 and
+    # evaluation see the full graph.
+    from pmm_geo.data.adjacency import as_adjacency
+    from pmm_geo.train.stages import promptmm
+    num_edges = as_adjacency(data).num_edges
+    drawn = []
+    prune = promptmm.degree_sensitive_prune
+
+    def spy(adj, ratio, generator=None):
+        assert adj.num_edges == num_edges and ratio == 0.8
+        kept = prune(adj, ratio, generator)
+        drawn.append(kept.edge_index.clone())
+        return kept
+
+    monkeypatch.setattr(promptmm, 'degree_sensitive_prune', spy)
+    config = tiny_config(epochs=3, teacher_prune_ratio=0.8,
+                         teacher_knn_k=5)
+    assert config.full_graph_only() == "'teacher_prune_ratio': 0.8"
+    trainer = Trainer(data, config, quiet=True, plot=False)
+    assert trainer.batching == 'full'
+    results = trainer.fit()
+    assert len(drawn) == 3  # Once per teacher epoch, never in stage 2.
+    assert all(e.size(1) == int(num_edges * (1. - 0.8)) for e in drawn)
+    assert abs(drawn[0].size(1) - 0.2 * num_edges) <= 1
+    assert not torch.equal(drawn[0], drawn[1])
+    assert all(math.isfinite(v) for v in results['student']['val'].values())
+    # The same seed draws the same graphs (the run's generator).
+    first, drawn[:] = list(drawn), []
+    repeat = Trainer(data, config, quiet=True, plot=False).fit()
+    assert all(torch.equal(a, b) for a, b in zip(first, drawn))
+    assert results_without_time(repeat) == results_without_time(results)
+
+
+def test_teacher_prune_ratio_bad_values_and_sampled_batching():
+    for ratio in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="'teacher_prune_ratio' must"):
+            tiny_config(teacher_prune_ratio=ratio)
+    with pytest.raises(ConfigError,
+                       match="'teacher_prune_ratio': 0.5 needs batching="):
+        tiny_config(teacher_prune_ratio=0.5, batching='sampled')
+    assert tiny_config(model='lightgcn',
+                       teacher_prune_ratio=0.5).full_graph_only() == ''

@@ -179,6 +179,12 @@ class TrainConfig:
             (default: :obj:`True`)
         teacher_knn_k (int): Neighbours per item of those graphs, self
             included. (default: :obj:`10`)
+        teacher_prune_ratio (float): Fraction :math:`\rho` of the user-item
+            edges the stage-1 teacher drops each epoch, FREEDOM's
+            degree-sensitive pruning
+            (:func:`~pmm_geo.nn.models.freedom.degree_sensitive_prune`; the
+            full graph at evaluation and in stage 2; full-graph training
+            only). (default: :obj:`0.`)
         lattice_layers (int): LightGCN layers of LATTICE's user-item
             backbone (LATTICE's default). (default: :obj:`2`)
         lattice_knn_k (int): Neighbours per item of LATTICE's kNN item
@@ -275,6 +281,7 @@ class TrainConfig:
     teacher: str = 'promptmm'
     teacher_item_graph: bool = True
     teacher_knn_k: int = 10
+    teacher_prune_ratio: float = 0.
     lattice_layers: int = 2
     lattice_knn_k: int = 10
     lattice_lambda: float = 0.9
@@ -354,11 +361,14 @@ class TrainConfig:
 
     def full_graph_only(self) -> str:
         r"""What makes this run need full-graph batching (item-item graphs
-        over all items), as :obj:`"'key': value"`, or :obj:`""`."""
+        over all items, or the teacher's edge pruning of the whole train
+        graph), as :obj:`"'key': value"`, or :obj:`""`."""
         if self.model == 'freedom':
             return "'model': 'freedom'"
         if self.model == 'promptmm' and self.teacher == 'lattice':
             return "'teacher': 'lattice'"
+        if self.model == 'promptmm' and self.teacher_prune_ratio > 0:
+            return f"'teacher_prune_ratio': {self.teacher_prune_ratio}"
         return ''
 
     def validate(self) -> None:
@@ -397,6 +407,9 @@ class TrainConfig:
         if not 0 <= self.freedom_image_weight <= 1:
             raise ConfigError(f"'freedom_image_weight' must be in [0, 1], "
                               f'got {self.freedom_image_weight}')
+        if not 0 <= self.teacher_prune_ratio < 1:
+            raise ConfigError(f"'teacher_prune_ratio' must be in [0, 1), got "
+                              f'{self.teacher_prune_ratio}')
         if not 0 <= self.freedom_prune_ratio < 1:
             raise ConfigError(f"'freedom_prune_ratio' must be in [0, 1), got "
                               f'{self.freedom_prune_ratio}')
@@ -422,8 +435,10 @@ class TrainConfig:
                               f"'{self.batching}'")
         full_graph = self.full_graph_only()
         if full_graph and self.batching == 'sampled':
-            raise ConfigError(f"{full_graph} needs batching='full' (its "
-                              f"item-item graph spans all items), got "
+            raise ConfigError(f"{full_graph} needs batching='full' (it "
+                              f"works on the whole graph: learned item-item "
+                              f"graphs over all items, or a pruned copy of "
+                              f"the train graph each epoch), got "
                               f"batching='sampled'")
         self.fanouts = tuple(int(f) for f in self.fanouts)
         if not self.fanouts or any(f == 0 or f < -1 for f in self.fanouts):

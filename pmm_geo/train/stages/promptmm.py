@@ -5,6 +5,7 @@ from typing import List, Optional
 import torch
 
 from pmm_geo.evaluation import evaluate
+from pmm_geo.nn.models.freedom import degree_sensitive_prune
 from pmm_geo.nn.models.lattice_teacher import LATTICETeacher
 from pmm_geo.nn.models.student import LightGCNStudent
 from pmm_geo.nn.models.teacher import MultimodalTeacher
@@ -70,21 +71,41 @@ def build_objective(config: TrainConfig,
 class TeacherStage(Stage):
     r"""PromptMM stage 1: teacher and prompt trained together on BPR over
     the fused embeddings plus BPR over each modality branch (the teacher of
-    :obj:`config.teacher`, see :func:`build_teacher`)."""
+    :obj:`config.teacher`, see :func:`build_teacher`). With
+    :obj:`config.teacher_prune_ratio` each epoch propagates over a freshly
+    pruned user-item graph (FREEDOM's degree-sensitive pruning, drawn on the
+    first batch from the run's generator, so a resumed run draws the same
+    ones); evaluation and stage 2 use the full graph."""
     name = 'teacher'
     needs_features = True
 
     def build(self, previous):
         self.modules = {self.name: build_teacher(self.config, self.ctx)}
+        self._pruned = None
 
     def num_hops(self):
         # The id branch has num_layers layers, a modality branch two.
         return max(_teacher_layers(self.config), 2)
 
+    def _train_graph(self, batch: Batch):
+        ratio = self.config.teacher_prune_ratio
+        if ratio == 0.:
+            return batch.graph
+        if batch.graph is not batch.graph.root:
+            raise ValueError(f"'teacher_prune_ratio' ({ratio}) prunes the "
+                             f"full graph each epoch; train the teacher with "
+                             f"batching='full'")
+        if batch.index == 0 or self._pruned is None:
+            self._pruned = degree_sensitive_prune(
+                self.model._adjacency(self.ctx.graph), ratio,
+                self.ctx.generator)
+        return self._pruned
+
     def step(self, batch):
-        out = self.model(batch.graph, self.ctx.features)
+        graph = self._train_graph(batch)
+        out = self.model(graph, self.ctx.features)
         return self.model.loss(out, batch.users, batch.pos, batch.neg,
-                               graph=batch.graph), {}
+                               graph=graph), {}
 
 
 class DistillStage(Stage):
