@@ -12,6 +12,7 @@ from pmm_geo.nn import FREEDOM, LATTICETeacher, LightGCNStudent
 from pmm_geo.train import (ConfigError, Trainer, TrainingInterrupted,
                            load_checkpoint, load_recommender)
 
+from test_subgraph import needs_sampling
 from test_train import results_without_time, small_data, tiny_config
 
 
@@ -120,7 +121,6 @@ def test_teacher_prune_ratio_trains_on_pruned_graphs(data, monkeypatch):
     monkeypatch.setattr(promptmm, 'degree_sensitive_prune', spy)
     config = tiny_config(epochs=3, teacher_prune_ratio=0.8,
                          teacher_knn_k=5)
-    assert config.full_graph_only() == "'teacher_prune_ratio': 0.8"
     trainer = Trainer(data, config, quiet=True, plot=False)
     assert trainer.batching == 'full'
     results = trainer.fit()
@@ -136,12 +136,19 @@ def test_teacher_prune_ratio_trains_on_pruned_graphs(data, monkeypatch):
     assert results_without_time(repeat) == results_without_time(results)
 
 
-def test_teacher_prune_ratio_bad_values_and_sampled_batching():
+def test_teacher_prune_ratio_bad_values():
     for ratio in (-0.1, 1.0):
         with pytest.raises(ConfigError, match="'teacher_prune_ratio' must"):
             tiny_config(teacher_prune_ratio=ratio)
-    with pytest.raises(ConfigError,
-                       match="'teacher_prune_ratio': 0.5 needs batching="):
-        tiny_config(teacher_prune_ratio=0.5, batching='sampled')
-    assert tiny_config(model='lightgcn',
-                       teacher_prune_ratio=0.5).full_graph_only() == ''
+
+
+@needs_sampling
+def test_teacher_prune_ratio_leaves_sampled_subgraphs_as_they_are(
+        data, monkeypatch):
+    from pmm_geo.train.stages import promptmm
+    monkeypatch.setattr(promptmm, 'degree_sensitive_prune', None)  # Unused.
+    config = tiny_config(epochs=2, teacher_prune_ratio=0.5,
+                         batching='sampled', teacher_knn_k=5)
+    assert config.full_graph_only() == ''
+    results = Trainer(data, config, quiet=True, plot=False).fit()
+    assert all(math.isfinite(v) for v in results['teacher']['val'].values())

@@ -183,8 +183,10 @@ class TrainConfig:
             edges the stage-1 teacher drops each epoch, FREEDOM's
             degree-sensitive pruning
             (:func:`~pmm_geo.nn.models.freedom.degree_sensitive_prune`; the
-            full graph at evaluation and in stage 2; full-graph training
-            only). (default: :obj:`0.`)
+            full graph at evaluation and in stage 2). Full-graph batching
+            only: on the sampled path the neighbour sampling already drops
+            edges, and the teacher trains on the sampled subgraphs as they
+            are. (default: :obj:`0.`)
         lattice_layers (int): LightGCN layers of LATTICE's user-item
             backbone (LATTICE's default). (default: :obj:`2`)
         lattice_knn_k (int): Neighbours per item of LATTICE's kNN item
@@ -361,14 +363,11 @@ class TrainConfig:
 
     def full_graph_only(self) -> str:
         r"""What makes this run need full-graph batching (item-item graphs
-        over all items, or the teacher's edge pruning of the whole train
-        graph), as :obj:`"'key': value"`, or :obj:`""`."""
+        over all items), as :obj:`"'key': value"`, or :obj:`""`."""
         if self.model == 'freedom':
             return "'model': 'freedom'"
         if self.model == 'promptmm' and self.teacher == 'lattice':
             return "'teacher': 'lattice'"
-        if self.model == 'promptmm' and self.teacher_prune_ratio > 0:
-            return f"'teacher_prune_ratio': {self.teacher_prune_ratio}"
         return ''
 
     def validate(self) -> None:
@@ -435,10 +434,8 @@ class TrainConfig:
                               f"'{self.batching}'")
         full_graph = self.full_graph_only()
         if full_graph and self.batching == 'sampled':
-            raise ConfigError(f"{full_graph} needs batching='full' (it "
-                              f"works on the whole graph: learned item-item "
-                              f"graphs over all items, or a pruned copy of "
-                              f"the train graph each epoch), got "
+            raise ConfigError(f"{full_graph} needs batching='full' (its "
+                              f"item-item graph spans all items), got "
                               f"batching='sampled'")
         self.fanouts = tuple(int(f) for f in self.fanouts)
         if not self.fanouts or any(f == 0 or f < -1 for f in self.fanouts):

@@ -72,10 +72,10 @@ class TeacherStage(Stage):
     r"""PromptMM stage 1: teacher and prompt trained together on BPR over
     the fused embeddings plus BPR over each modality branch (the teacher of
     :obj:`config.teacher`, see :func:`build_teacher`). With
-    :obj:`config.teacher_prune_ratio` each epoch propagates over a freshly
-    pruned user-item graph (FREEDOM's degree-sensitive pruning, drawn on the
-    first batch from the run's generator, so a resumed run draws the same
-    ones); evaluation and stage 2 use the full graph."""
+    :obj:`config.teacher_prune_ratio` each full-graph epoch propagates over
+    a freshly pruned user-item graph (FREEDOM's degree-sensitive pruning,
+    drawn on the first batch from the run's generator, so a resumed run
+    draws the same ones); evaluation and stage 2 use the full graph."""
     name = 'teacher'
     needs_features = True
 
@@ -89,12 +89,8 @@ class TeacherStage(Stage):
 
     def _train_graph(self, batch: Batch):
         ratio = self.config.teacher_prune_ratio
-        if ratio == 0.:
-            return batch.graph
-        if batch.graph is not batch.graph.root:
-            raise ValueError(f"'teacher_prune_ratio' ({ratio}) prunes the "
-                             f"full graph each epoch; train the teacher with "
-                             f"batching='full'")
+        if ratio == 0. or batch.graph is not batch.graph.root:
+            return batch.graph  # Sampled subgraphs: already edge-sampled.
         if batch.index == 0 or self._pruned is None:
             self._pruned = degree_sensitive_prune(
                 self.model._adjacency(self.ctx.graph), ratio,
