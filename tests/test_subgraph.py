@@ -292,7 +292,8 @@ def _first_gradients(data, model, batching, **changes):
                          batch_size=64, embedding_dim=8, student_dim=8,
                          num_layers=2, student_layers=2, lattice_layers=2,
                          lattice_knn_k=4, num_list_negatives=3,
-                         teacher_dropout=0.0, **changes)
+                         teacher_dropout=0.0, teacher_prune_ratio=0.0,
+                         **changes)  # No random dropout, no edge pruning.
     trainer = Trainer(data, config, quiet=True)
     out = {}
     for stage in trainer.stages():

@@ -9,8 +9,9 @@ from pmm_geo import load_graph, load_model
 from pmm_geo.cli import CommandError, build_parser
 from pmm_geo.data import modalities
 from pmm_geo.nn import FREEDOM, LATTICETeacher, LightGCNStudent
-from pmm_geo.train import (ConfigError, Trainer, TrainingInterrupted,
-                           load_checkpoint, load_recommender)
+from pmm_geo.train import (ConfigError, Trainer, TrainConfig,
+                           TrainingInterrupted, load_checkpoint,
+                           load_recommender)
 
 from test_subgraph import needs_sampling
 from test_train import results_without_time, small_data, tiny_config
@@ -137,6 +138,7 @@ def test_teacher_prune_ratio_trains_on_pruned_graphs(data, monkeypatch):
 
 
 def test_teacher_prune_ratio_bad_values():
+    assert TrainConfig().teacher_prune_ratio == 0.5  # The default.
     for ratio in (-0.1, 1.0):
         with pytest.raises(ConfigError, match="'teacher_prune_ratio' must"):
             tiny_config(teacher_prune_ratio=ratio)
