@@ -187,9 +187,9 @@ class TrainConfig:
             only: on the sampled path the neighbour sampling already drops
             edges, and the teacher trains on the sampled subgraphs as they
             are. Chosen on validation over 3 seeds of Scientific and
-            MovieLens-100k: it lifts the teacher above LATTICE on both and
-            the student with it (``docs/results.md``, "Edge pruning in the
-            teacher"). (default: :obj:`0.5`)
+            MovieLens-100k: it lifts the teacher on both (above LATTICE on
+            Scientific) and the student with it (``docs/results.md``, "Edge
+            pruning in the teacher"). (default: :obj:`0.5`)
         lattice_layers (int): LightGCN layers of LATTICE's user-item
             backbone (LATTICE's default). (default: :obj:`2`)
         lattice_knn_k (int): Neighbours per item of LATTICE's kNN item
