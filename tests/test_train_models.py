@@ -108,10 +108,10 @@ def test_teacher_prune_ratio_trains_on_pruned_graphs(data, monkeypatch):
     # the edges at ratio 0.8, a fresh draw every epoch; stage 2 and
     # evaluation see the full graph.
     from pmm_geo.data.adjacency import as_adjacency
-    from pmm_geo.train.stages import promptmm
+    from pmm_geo.train.stages import base
     num_edges = as_adjacency(data).num_edges
     drawn = []
-    prune = promptmm.degree_sensitive_prune
+    prune = base.degree_sensitive_prune
 
     def spy(adj, ratio, generator=None):
         assert adj.num_edges == num_edges and ratio == 0.8
@@ -119,7 +119,7 @@ def test_teacher_prune_ratio_trains_on_pruned_graphs(data, monkeypatch):
         drawn.append(kept.edge_index.clone())
         return kept
 
-    monkeypatch.setattr(promptmm, 'degree_sensitive_prune', spy)
+    monkeypatch.setattr(base, 'degree_sensitive_prune', spy)
     config = tiny_config(epochs=3, teacher_prune_ratio=0.8,
                          teacher_knn_k=5)
     trainer = Trainer(data, config, quiet=True, plot=False)
@@ -147,8 +147,8 @@ def test_teacher_prune_ratio_bad_values():
 @needs_sampling
 def test_teacher_prune_ratio_leaves_sampled_subgraphs_as_they_are(
         data, monkeypatch):
-    from pmm_geo.train.stages import promptmm
-    monkeypatch.setattr(promptmm, 'degree_sensitive_prune', None)  # Unused.
+    from pmm_geo.train.stages import base
+    monkeypatch.setattr(base, 'degree_sensitive_prune', None)  # Unused.
     config = tiny_config(epochs=2, teacher_prune_ratio=0.5,
                          batching='sampled', teacher_knn_k=5)
     assert config.full_graph_only() == ''

@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.nn import Module, Parameter
 
 from pmm_geo.nn.losses import BPRLoss
+from pmm_geo.nn.models.freedom import degree_sensitive_prune
 from pmm_geo.nn.objective import bpr_loss
 from pmm_geo.train.checkpoint import save_checkpoint
 from pmm_geo.train.config import TrainConfig
@@ -214,6 +215,31 @@ class Batch(NamedTuple):
     neg: Tensor
     lists: Optional[Tensor] = None
     index: int = 0
+
+
+class EpochPruning:
+    r"""FREEDOM's denoising for a stage's training graph: one
+    degree-sensitively pruned copy of the full train graph
+    (:func:`~pmm_geo.nn.models.freedom.degree_sensitive_prune`) per epoch,
+    drawn on the epoch's first batch from the run's generator, so a resumed
+    run draws the same graphs.
+
+    Args:
+        context (StageContext): The stage's context (its full graph and
+            the run's generator).
+        ratio (float): Fraction of the edges each epoch drops.
+    """
+    def __init__(self, context: StageContext, ratio: float):
+        self.context = context
+        self.ratio = float(ratio)
+        self._graph = None
+
+    def graph(self, batch: Batch):
+        r"""The pruned graph of :obj:`batch`'s epoch."""
+        if batch.index == 0 or self._graph is None:
+            self._graph = degree_sensitive_prune(
+                self.context.graph, self.ratio, self.context.generator)
+        return self._graph
 
 
 class BPRStage(Stage):

@@ -2,7 +2,7 @@ r"""The :obj:`freedom` baseline."""
 from pmm_geo.nn.conv import modality_mix_weights
 from pmm_geo.nn.models.freedom import FREEDOM
 
-from .base import ModelSpec, Stage
+from .base import EpochPruning, ModelSpec, Stage
 
 
 class FreedomStage(Stage):
@@ -27,7 +27,7 @@ class FreedomStage(Stage):
             prune_ratio=cfg.freedom_prune_ratio,
             feature_weight=cfg.freedom_feature_weight,
             layout=cfg.layout).to(ctx.graph.device)}
-        self._pruned = None
+        self._pruning = EpochPruning(ctx, cfg.freedom_prune_ratio)
 
     def num_hops(self):
         return self.config.freedom_layers
@@ -36,10 +36,7 @@ class FreedomStage(Stage):
         if batch.graph is not batch.graph.root:
             raise ValueError("FREEDOM prunes the full graph each epoch; "
                              "train it with batching='full'")
-        if batch.index == 0 or self._pruned is None:
-            self._pruned = self.model.prune(self.ctx.graph,
-                                            self.ctx.generator)
-        user, item = self.model(self._pruned)
+        user, item = self.model(self._pruning.graph(batch))
         return self.model.loss(user, item, batch.users, batch.pos, batch.neg,
                                self.ctx.features), {}
 

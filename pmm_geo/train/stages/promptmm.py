@@ -5,7 +5,6 @@ from typing import List, Optional
 import torch
 
 from pmm_geo.evaluation import evaluate
-from pmm_geo.nn.models.freedom import degree_sensitive_prune
 from pmm_geo.nn.models.lattice_teacher import LATTICETeacher
 from pmm_geo.nn.models.student import LightGCNStudent
 from pmm_geo.nn.models.teacher import MultimodalTeacher
@@ -15,8 +14,8 @@ from pmm_geo.nn.objective import PromptMMObjective
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..kd_schedule import KDSchedule
-from .base import (Batch, ModelSpec, Stage, StageContext, adam,
-                   input_tables)
+from .base import (Batch, EpochPruning, ModelSpec, Stage, StageContext,
+                   adam, input_tables)
 from .lightgcn import build_student
 
 
@@ -81,21 +80,16 @@ class TeacherStage(Stage):
 
     def build(self, previous):
         self.modules = {self.name: build_teacher(self.config, self.ctx)}
-        self._pruned = None
+        self._pruning = EpochPruning(self.ctx, self.config.teacher_prune_ratio)
 
     def num_hops(self):
         # The id branch has num_layers layers, a modality branch two.
         return max(_teacher_layers(self.config), 2)
 
     def _train_graph(self, batch: Batch):
-        ratio = self.config.teacher_prune_ratio
-        if ratio == 0. or batch.graph is not batch.graph.root:
+        if self._pruning.ratio == 0. or batch.graph is not batch.graph.root:
             return batch.graph  # Sampled subgraphs: already edge-sampled.
-        if batch.index == 0 or self._pruned is None:
-            self._pruned = degree_sensitive_prune(
-                self.model._adjacency(self.ctx.graph), ratio,
-                self.ctx.generator)
-        return self._pruned
+        return self._pruning.graph(batch)
 
     def step(self, batch):
         graph = self._train_graph(batch)
