@@ -14,8 +14,7 @@ from .promptmm import (DistillStage, TeacherStage, build_objective,
                        build_teacher, select_output)
 
 __all__ = ['Stage', 'BPRStage', 'Batch', 'EpochPruning', 'Optimizers',
-           'StageContext',
-           'ModelSpec', 'TeacherStage', 'DistillStage', 'LightGCNStage',
-           'LatticeStage', 'FreedomStage', 'count_parameters', 'adam', 'input_tables',
-           'build_teacher', 'build_student', 'build_objective',
-           'select_output']
+           'StageContext', 'ModelSpec', 'TeacherStage', 'DistillStage',
+           'LightGCNStage', 'LatticeStage', 'FreedomStage', 'count_parameters',
+           'adam', 'input_tables', 'build_teacher', 'build_student',
+           'build_objective', 'select_output']
