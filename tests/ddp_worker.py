@@ -46,16 +46,25 @@ class _Bucket:  # What the hook reads of a torch.distributed.GradBucket.
 def hook_on_uneven_rows(group: Distributed) -> bool:
     r"""Whether the hook averages two ranks' sparse gradients of different
     sizes (3 and 2 entries, one row shared, one row given twice) and dense
-    buckets to the dense mean."""
+    buckets to the dense mean, over the union of the rows: in a table of 5
+    rows (the dense all-reduce path: 5 entries >= half the rows) and of 20
+    (the all-gather path)."""
+    fraction = distributed_module.DENSE_REDUCE_FRACTION
+    assert 5 >= fraction * 5 and 5 < fraction * 20  # Both paths run.
     rows = [torch.tensor([[4, 0, 4]]), torch.tensor([[0, 2]])]
     values = [torch.arange(12.).view(3, 4), -torch.ones(2, 4)]
-    grads = [torch.sparse_coo_tensor(i, v, (5, 4)) for i, v in
-             zip(rows, values)]
-    mean = (grads[0].to_dense() + grads[1].to_dense()) / 2
-    out = _hook(None, _Bucket(grads[group.rank])).wait()
-    dense = _hook(None, _Bucket(grads[group.rank].to_dense())).wait()
-    return (out.is_sparse and torch.equal(out.to_dense(), mean)
-            and torch.equal(dense, mean))
+    ok = True
+    for num_rows in (5, 20):
+        grads = [torch.sparse_coo_tensor(i, v, (num_rows, 4)) for i, v in
+                 zip(rows, values)]
+        mean = (grads[0].to_dense() + grads[1].to_dense()) / 2
+        out = _hook(None, _Bucket(grads[group.rank])).wait()
+        dense = _hook(None, _Bucket(grads[group.rank].to_dense())).wait()
+        ok = ok and (out.is_sparse and out.is_coalesced()
+                     and out.indices().tolist() == [[0, 2, 4]]
+                     and torch.equal(out.to_dense(), mean)
+                     and torch.equal(dense, mean))
+    return ok
 
 
 def tiny_data():
