@@ -65,7 +65,10 @@ class TrainConfig:
         student_layers (int): Propagation layers of the student and of the
             :obj:`lightgcn` baseline. (default: :obj:`3`)
         student_lr (float): Adam learning rate of the student (stage 2) and
-            of the :obj:`lightgcn` baseline. (default: :obj:`1e-3`)
+            of the :obj:`lightgcn` baseline. Chosen on validation over 3 seeds
+            of Scientific and MovieLens-100k (2e-3 against the paper's 1e-3:
+            the student equal on Scientific in fewer epochs, higher on
+            MovieLens-100k). (default: :obj:`2e-3`)
         student_init (str): Layer-0 embeddings of the student:
             :obj:`"fresh"` (random, as the paper describes) or
             :obj:`"teacher"` (the teacher's final fused embeddings, as the
@@ -253,7 +256,7 @@ class TrainConfig:
     num_layers: int = 3
     student_dim: int = 64
     student_layers: int = 3
-    student_lr: float = 1e-3
+    student_lr: float = 2e-3
     student_init: str = 'fresh'
     student_item_graph: bool = True
     student_knn_k: int = 10
