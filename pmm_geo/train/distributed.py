@@ -165,9 +165,11 @@ class Distributed:
 
 
 #: A sparse bucket is summed through one dense all-reduce of its table when
-#: the ranks' entries together number at least this fraction of its rows
-#: (then the dense sum moves fewer bytes than gathering every rank's rows
-#: and costs no sort), else by all-gathering the rows.
+#: the ranks' entries together number at least this fraction of its rows,
+#: else by all-gathering the rows. (At Electronics size, where a sampled
+#: step touches 60-70 % of each table, the all-reduce and no sort took 15 ms
+#: per table against 21 ms for the all-gathers and the coalescing; on a
+#: table touched thinly the gathers move far fewer bytes.)
 DENSE_REDUCE_FRACTION = 0.5
 
 
