@@ -29,7 +29,7 @@ def small_data(seed=0, **kwargs):
 # Config ---------------------------------------------------------------------
 
 def test_config_json_round_trip(tmp_path):
-    config = TrainConfig(model='lattice', seed=3, epochs=7, lr=2e-3,
+    config = TrainConfig(model='lattice', seed=3, epochs=7, lr=5e-4,
                          ks=(5, 20), list_reweight=False, student_dim=16)
     path = tmp_path / 'config.json'
     config.to_json(path)
@@ -39,7 +39,7 @@ def test_config_json_round_trip(tmp_path):
     path.write_text('{"epochs": 3, "lr": 1}')
     loaded = TrainConfig.from_json(path)
     assert (loaded.epochs, loaded.lr) == (3, 1.0)
-    assert loaded.replace(epochs=500, lr=1e-3) == TrainConfig()
+    assert loaded.replace(epochs=500, lr=2e-3) == TrainConfig()
 
 
 @pytest.mark.parametrize('content, match', [
