@@ -48,7 +48,7 @@ class TrainConfig:
         batch_size (int): Train interactions per step. (default: :obj:`2048`)
         lr (float): Adam learning rate of the teacher (stage 1), of
             LATTICE and of FREEDOM. Chosen on validation over 3 seeds of
-            Scientific and MovieLens-100k (2e-3 against the papers' 1e-3:
+            Scientific and MovieLens-100k (2e-3 against the earlier 1e-3:
             the teacher and FREEDOM higher on both, LATTICE level, each in
             fewer epochs; the student level). (default: :obj:`2e-3`)
         weight_decay (float): Adam weight decay (all stages).
