@@ -69,7 +69,7 @@ class TrainConfig:
             :obj:`lightgcn` baseline. (default: :obj:`3`)
         student_lr (float): Adam learning rate of the student (stage 2) and
             of the :obj:`lightgcn` baseline. Chosen on validation over 3 seeds
-            of Scientific and MovieLens-100k (2e-3 against the paper's 1e-3:
+            of Scientific and MovieLens-100k (2e-3 against the earlier 1e-3:
             the student equal on Scientific in fewer epochs, higher on
             MovieLens-100k). (default: :obj:`2e-3`)
         student_init (str): Layer-0 embeddings of the student:
