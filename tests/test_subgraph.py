@@ -215,9 +215,80 @@ def test_teacher_item_graph_rows_on_a_small_subgraph(data, frozen):
     moments = teacher._moments(batch.graph, features)
     for m, x in features.items():
         full = teacher.item_graphs[m](teacher.projectors[m](x, prompt))
+        table = None if cache is None else cache.projected[m]
         sub = teacher._item_graph_term(batch.graph, None, m, x, moments[m],
-                                       cache)
+                                       table)
         assert torch.allclose(sub, full[ids], atol=1e-5)
+
+
+@needs_sampling
+@pytest.mark.parametrize('item_graph,size', [(False, 32), (True, 8)])
+def test_teacher_catalogue_projection_equals_the_subgraph_rows(
+        data, item_graph, size):
+    # When a subgraph would project at least as many feature rows as the
+    # catalogue has, the teacher projects every item once instead: the same
+    # outputs, dropout masks and gradients as the subgraph's own rows.
+    features = features_of(data)
+    users, pos, neg, lists = batch_of(data, size=size)
+    torch.manual_seed(4)
+    teacher = MultimodalTeacher(
+        data['user'].num_nodes, data['item'].num_nodes,
+        {m: x.size(1) for m, x in features.items()}, embedding_dim=8,
+        num_layers=2, dropout=0.3, item_graph=item_graph, knn_k=4)
+    teacher.init_prompt(data, features)
+    for projector in teacher.projectors.values():  # Zero at init.
+        torch.nn.init.normal_(projector.lin.bias)
+    batch = SubgraphLoader(data, [2], num_hops=2).sample(users, pos, neg,
+                                                         lists)
+    graph = batch.graph
+    # Without item graphs only a subgraph of every item qualifies; with
+    # them one of half the items (45 of 50 here: the neighbours' rows of
+    # S_m X_m are then gathered from the catalogue's projection).
+    rows = graph.num_items * (2 if item_graph else 1)
+    assert rows >= teacher.num_items
+    assert (graph.num_items < teacher.num_items) == item_graph
+    assert teacher._catalogue_projection(graph, 'image',
+                                         features['image']) is not None
+
+    def run(catalogue):
+        teacher.zero_grad()
+        if not catalogue:  # The subgraph's own rows, whatever the size.
+            teacher._catalogue_projection = lambda *args: None
+        torch.manual_seed(5)
+        out = teacher(graph, features)
+        teacher.__dict__.pop('_catalogue_projection', None)
+        loss = teacher.loss(out, batch.users, batch.items[0], batch.items[1],
+                            graph=graph)
+        loss.backward()
+        grads = {name: p.grad.to_dense().clone()
+                 for name, p in teacher.named_parameters()
+                 if p.grad is not None}
+        return out, grads
+
+    (out, grads), (ref, ref_grads) = run(True), run(False)
+    for a, b in [(out.user, ref.user), (out.item, ref.item)] + [
+            (out.modal_item[m], ref.modal_item[m]) for m in features]:
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert grads.keys() == ref_grads.keys()
+    assert 'projectors.image.lin.weight' in grads
+    for name, grad in grads.items():
+        assert torch.allclose(grad, ref_grads[name], atol=1e-5), name
+
+
+@needs_sampling
+def test_teacher_projects_a_small_subgraph_rows_only(data):
+    features = features_of(data)
+    users, pos, neg, _ = batch_of(data, size=4)
+    teacher = teacher_of(data, features, item_graph=True, knn_k=4)
+    teacher.init_prompt(data, features)
+    graph = SubgraphLoader(data, [1], num_hops=1).sample(users, pos,
+                                                         neg).graph
+    assert 2 * graph.num_items < teacher.num_items
+    assert teacher._catalogue_projection(graph, 'text',
+                                         features['text']) is None
+    table = teacher._catalogue_projection(
+        get_adjacency(data), 'text', features['text'])
+    assert table is None  # The full graph projects its items as it is.
 
 
 @needs_sampling
