@@ -132,6 +132,39 @@ def test_neighbours_are_the_rows_of_the_dense_graph():
     assert torch.allclose(conv.neighbours(index)[1], 2 * weight)
 
 
+@pytest.mark.parametrize('num_rows,num_ids', [(3, 60), (14, 60), (34, 8)])
+def test_rows_match_the_dense_graph_with_a_sparse_gradient(num_rows, num_ids):
+    # Up to half the items, one product over the rows' distinct neighbours;
+    # from there, one over all items (34 rows, repeats of 8 items, whose
+    # neighbours are a part of the catalogue). Either way: the dense rows of
+    # S x, and a trainable table gets a sparse gradient on exactly the
+    # neighbours' rows, S[index]^T g.
+    from pmm_geo.nn.conv import frozen_item_graph
+    features = make_features(60, {'image': 6, 'text': 4}, seed=1)
+    conv = FrozenItemGraph.from_features(features, k=3)
+    gen = torch.Generator().manual_seed(num_rows)
+    index = torch.randint(0, num_ids, (num_rows, ), generator=gen)
+    assert conv.rows_by_product(index) == (
+        num_rows >= frozen_item_graph.ROWS_BY_PRODUCT * 60) == (num_rows > 30)
+    nbr, _ = conv.neighbours(index)
+    assert nbr.unique().numel() < 60
+    table = torch.nn.Parameter(torch.randn(60, 5, dtype=torch.float64))
+    dense = conv.to_dense().to(table.dtype)
+    grad_out = torch.randn(num_rows, 5, dtype=table.dtype, generator=gen)
+    out = conv.rows(table, index)
+    assert torch.allclose(out, (dense @ table)[index])
+    out.backward(grad_out)
+    grad = table.grad.coalesce()
+    assert grad.is_sparse
+    assert torch.equal(grad.indices()[0], nbr.unique())
+    assert torch.allclose(grad.to_dense(), dense[index].t() @ grad_out)
+    # A computed tensor gets its dense gradient back.
+    h = torch.randn(60, 5, dtype=table.dtype, requires_grad=True)
+    (conv.rows(h * 1., index) * grad_out).sum().backward()
+    assert not h.grad.is_sparse
+    assert torch.allclose(h.grad, dense[index].t() @ grad_out)
+
+
 def test_neighbours_need_one_layer_and_equal_rows():
     x = make_features(12, {'a': 5})['a']
     edge_index, edge_weight = knn_item_graph(x, 3)

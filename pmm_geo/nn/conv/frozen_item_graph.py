@@ -1,7 +1,8 @@
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch_geometric import EdgeIndex
 
 from pmm_geo.data.adjacency import LAYOUTS, AdjacencyView, adjacency_view
 from pmm_geo.nn.knn import DEFAULT_BLOCK_SIZE, knn_item_graph
@@ -9,6 +10,14 @@ from pmm_geo.nn.knn import DEFAULT_BLOCK_SIZE, knn_item_graph
 from .bipartite_conv import BipartiteConv
 
 ItemGraph = Tuple[Tensor, Tensor]  # (edge_index [2, E], edge_weight [E])
+
+
+class NeighbourBlock(NamedTuple):
+    r"""Rows of a :class:`FrozenItemGraph` over their distinct neighbours
+    (:meth:`FrozenItemGraph.neighbour_block`)."""
+    ids: Tensor  # The distinct neighbours [N], sorted.
+    edge_index: EdgeIndex  # Local neighbour -> row, [N, R], col-sorted.
+    edge_weight: Tensor  # s_ij of each entry.
 
 #: FREEDOM's mix of an image and a text graph (MMRec's
 #: :obj:`mm_image_weight = 0.1`): the text graph dominates.
@@ -58,6 +67,13 @@ def mix_item_graphs(graphs: Mapping[str, ItemGraph],
     edge_index = torch.cat([graphs[m][0] for m in graphs], dim=1)
     edge_weight = torch.cat([weights[m] * graphs[m][1] for m in graphs])
     return edge_index, edge_weight
+
+
+#: :meth:`FrozenItemGraph.rows` of at least this share of the items go
+#: through one sparse product over all items instead of one over the rows'
+#: distinct neighbours (the same values; the two cost the same at about
+#: half the items, ``docs/benchmarks.md``).
+ROWS_BY_PRODUCT = 0.5
 
 
 class FrozenItemGraph(torch.nn.Module):
@@ -232,19 +248,76 @@ class FrozenItemGraph(torch.nn.Module):
         return nbr[index], weight[index]
 
     def rows(self, x: Tensor, index: Tensor) -> Tensor:
-        r"""The rows :obj:`index` of :math:`\mathbf{S} \mathbf{x}` from
-        the neighbours' rows of :obj:`x` alone (:meth:`neighbours`; one
+        r"""The rows :obj:`index` of :math:`\mathbf{S} \mathbf{x}` (one
         layer). A trainable table :obj:`x` (a leaf) gets a sparse gradient
-        on exactly those rows, as a sampled subgraph's own rows do.
+        on exactly the neighbours' rows (:meth:`neighbours`), as a sampled
+        subgraph's own rows do; a computed :obj:`x` gets its dense one.
+
+        Up to :obj:`ROWS_BY_PRODUCT` of the items, the rows come from the
+        neighbours' rows alone (:meth:`neighbour_block`: one sparse product
+        over the distinct neighbours, no :math:`(R, k, F)` gather); from
+        there, from one sparse product over all items, which then costs
+        less. The values are the same either way.
 
         Args:
             x (torch.Tensor): Item features :math:`(I, F)`.
             index (torch.Tensor): Item ids :math:`(R)`.
         """
-        nbr, weight = self.neighbours(index)
         sparse = x.requires_grad and x.is_leaf
-        return (weight.unsqueeze(-1) *
-                torch.nn.functional.embedding(nbr, x, sparse=sparse)).sum(1)
+        if self.rows_by_product(index):
+            return self._rows_by_product(x, index, sparse)
+        block = self.neighbour_block(index)
+        x_ids = (torch.nn.functional.embedding(block.ids, x, sparse=True)
+                 if sparse else x.index_select(0, block.ids))
+        return self.block_rows(x_ids, block)
+
+    def rows_by_product(self, index: Tensor) -> bool:
+        r"""Whether :meth:`rows` computes the rows :obj:`index` through
+        one sparse product over all items (at least
+        :obj:`ROWS_BY_PRODUCT` of them) rather than from their neighbours'
+        rows."""
+        return index.numel() >= ROWS_BY_PRODUCT * self.num_items
+
+    def neighbour_block(self, index: Tensor) -> NeighbourBlock:
+        r"""The rows :obj:`index` of :math:`\mathbf{S}` restricted to
+        their distinct neighbours :obj:`ids` (sorted): a bipartite graph
+        from :obj:`ids` (local numbering) to the rows, for
+        :meth:`block_rows`.
+
+        Args:
+            index (torch.Tensor): Item ids :math:`(R)`.
+        """
+        nbr, weight = self.neighbours(index)
+        num_rows, k = nbr.shape
+        used = torch.zeros(self.num_items, dtype=torch.bool,
+                           device=nbr.device)
+        used[nbr.reshape(-1)] = True
+        ids = used.nonzero().view(-1)
+        local = torch.empty(self.num_items, dtype=torch.long,
+                            device=nbr.device)
+        local[ids] = torch.arange(ids.numel(), device=nbr.device)
+        rows = torch.arange(num_rows, device=nbr.device)
+        edge_index = EdgeIndex(
+            torch.stack([local[nbr.reshape(-1)], rows.repeat_interleave(k)]),
+            sparse_size=(ids.numel(), num_rows), sort_order='col')
+        return NeighbourBlock(ids, edge_index, weight.reshape(-1))
+
+    def block_rows(self, x_ids: Tensor, block: NeighbourBlock) -> Tensor:
+        r"""The rows of :math:`\mathbf{S} \mathbf{x}` that :obj:`block`
+        (:meth:`neighbour_block`) stands for, from :obj:`x_ids`, the rows
+        :obj:`block.ids` of :math:`\mathbf{x}`."""
+        return self.conv(x_ids, block.edge_index, block.edge_weight)
+
+    def _rows_by_product(self, x: Tensor, index: Tensor,
+                         sparse: bool) -> Tensor:
+        # A trainable table enters through its neighbours' rows only (zeros
+        # elsewhere, which S[index] never reads), so its gradient stays
+        # sparse on exactly those rows.
+        if sparse:
+            ids = self.neighbour_block(index).ids
+            rows = torch.nn.functional.embedding(ids, x, sparse=True)
+            x = rows.new_zeros(x.shape).index_copy(0, ids, rows)
+        return self(x).index_select(0, index)
 
     def _row_blocks(self) -> Tuple[Tensor, Tensor]:
         num_edges = self.edge_index.size(1)

@@ -361,23 +361,26 @@ class MultimodalTeacher(TeacherMixin, Module):
         conv = self.item_graphs[modality]
         if adj is adj.root:
             return conv(projected)
-        projector = self.projectors[modality]
-        nbr, weight = conv.neighbours(adj.item_id)
-        weight = weight.unsqueeze(-1)
+        projector, items = self.projectors[modality], adj.item_id
         if table is not None:  # The neighbours' projected rows.
-            out = (weight * F.embedding(nbr, table)).sum(1)
+            out = conv.rows(table, items)
         else:
             lin = projector.lin
             out = F.linear(adj.select_items(self._smoothed(modality, x)),
                            lin.weight)
             if lin.bias is not None:
-                out = out + weight.sum(1) * lin.bias
+                _, weight = conv.neighbours(items)
+                out = out + weight.sum(1, keepdim=True) * lin.bias
         if moment is not None and projector.beta != 0.:
-            # Once per distinct neighbour (a few per item), then gathered.
-            ids, inverse = nbr.unique(return_inverse=True)
-            _, prompt = self.prompt(ids.new_empty(0), ids)
-            term = F.embedding(inverse, projector.prompt_term(moment, prompt))
-            out = out + projector.beta * (weight * term).sum(1)
+            if conv.rows_by_product(items):  # Most items: all of them.
+                _, prompt = self.prompt(items.new_empty(0))
+                term = conv.rows(projector.prompt_term(moment, prompt), items)
+            else:  # Once per distinct neighbour (a few per item).
+                block = conv.neighbour_block(items)
+                _, prompt = self.prompt(items.new_empty(0), block.ids)
+                term = conv.block_rows(projector.prompt_term(moment, prompt),
+                                       block)
+            out = out + projector.beta * term
         return projector.dropout(out)
 
     def _catalogue_projection(self, adj, modality: str,
