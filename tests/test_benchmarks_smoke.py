@@ -133,3 +133,15 @@ def test_scale_smoke(tmp_path):
     text = (out / 'scale.md').read_text()
     assert '## Targets' in text and 'student embed_seconds' in text
     assert '1x lightgcn x2: ' in text and 'examples/s of one process' in text
+
+
+def test_item_graph_rows_smoke(capsys):
+    # Every way of computing the rows agrees with the gather (the script
+    # raises otherwise), on both sides of ROWS_BY_PRODUCT.
+    bench = _load(ROOT / 'benchmarks' / 'bench_item_graph_rows.py',
+                  'bench_item_graph_rows')
+    bench.main(['--items', '300', '--k', '4', '--dim', '8', '--repeats', '1',
+                '--shares', '0.1', '0.9'])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].endswith('neighbours')
+    assert lines[-1].endswith('all items')
