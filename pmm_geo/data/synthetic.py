@@ -8,7 +8,8 @@ features can recover what the interaction graph says little about (the
 long tail of rarely bought items), while an optional pure-noise modality
 carries nothing.
 """
-from typing import Mapping, NamedTuple, Optional, Tuple, Union
+from contextlib import contextmanager
+from typing import Iterator, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -82,7 +83,11 @@ def synthetic(
     chunks of users; a random :obj:`num_test_per_user` of them go to test,
     :obj:`num_val_per_user` to validation and the rest to train. Signal
     columns have zero mean and unit variance, so :obj:`feature_noise` is the
-    noise-to-signal ratio. Nothing is printed.
+    noise-to-signal ratio. Nothing is printed. The data is generated with
+    one torch thread (and the caller's thread count restored), because
+    matrix products round differently with more threads: a seed gives the
+    same tensors whatever :func:`torch.set_num_threads` says, so a run
+    resumed with another :obj:`--threads` finds the data it was trained on.
 
     Args:
         num_users (int, optional): Number of users (before :obj:`scale`).
@@ -122,6 +127,28 @@ def synthetic(
     _check_arguments(num_users, num_items, num_interactions, modalities,
                      noise_modality, noise_dim, dim_latent,
                      num_val_per_user, num_test_per_user)
+    with _one_thread():
+        return _generate(num_users, num_items, num_interactions, modalities,
+                         noise_modality, noise_dim, dim_latent,
+                         popularity_skew, feature_noise, num_val_per_user,
+                         num_test_per_user, seed, return_factors)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _generate(num_users: int, num_items: int, num_interactions: int,
+              modalities: Mapping[str, int], noise_modality: Optional[str],
+              noise_dim: int, dim_latent: int, popularity_skew: float,
+              feature_noise: float, num_val_per_user: int,
+              num_test_per_user: int, seed: int, return_factors: bool):
     gen = torch.Generator().manual_seed(seed)
 
     std = (_LOGIT_VARIANCE / dim_latent)**0.25
