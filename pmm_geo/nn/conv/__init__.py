@@ -1,6 +1,7 @@
 from .bipartite_conv import BipartiteConv
 from .frozen_item_graph import (
     FrozenItemGraph,
+    NeighbourBlock,
     mix_item_graphs,
     modality_mix_weights,
 )
@@ -8,6 +9,7 @@ from .frozen_item_graph import (
 __all__ = [
     'BipartiteConv',
     'FrozenItemGraph',
+    'NeighbourBlock',
     'mix_item_graphs',
     'modality_mix_weights',
 ]

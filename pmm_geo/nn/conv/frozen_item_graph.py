@@ -19,6 +19,7 @@ class NeighbourBlock(NamedTuple):
     edge_index: EdgeIndex  # Local neighbour -> row, [N, R], col-sorted.
     edge_weight: Tensor  # s_ij of each entry.
 
+
 #: FREEDOM's mix of an image and a text graph (MMRec's
 #: :obj:`mm_image_weight = 0.1`): the text graph dominates.
 IMAGE_TEXT_WEIGHTS = {'image': 0.1, 'text': 0.9}
@@ -289,10 +290,7 @@ class FrozenItemGraph(torch.nn.Module):
         """
         nbr, weight = self.neighbours(index)
         num_rows, k = nbr.shape
-        used = torch.zeros(self.num_items, dtype=torch.bool,
-                           device=nbr.device)
-        used[nbr.reshape(-1)] = True
-        ids = used.nonzero().view(-1)
+        ids = self._distinct(nbr)
         local = torch.empty(self.num_items, dtype=torch.long,
                             device=nbr.device)
         local[ids] = torch.arange(ids.numel(), device=nbr.device)
@@ -314,10 +312,17 @@ class FrozenItemGraph(torch.nn.Module):
         # elsewhere, which S[index] never reads), so its gradient stays
         # sparse on exactly those rows.
         if sparse:
-            ids = self.neighbour_block(index).ids
+            ids = self._distinct(self.neighbours(index)[0])
             rows = torch.nn.functional.embedding(ids, x, sparse=True)
             x = rows.new_zeros(x.shape).index_copy(0, ids, rows)
         return self(x).index_select(0, index)
+
+    def _distinct(self, nbr: Tensor) -> Tensor:
+        # The sorted distinct ids in nbr, by a mask over the items (no sort).
+        used = torch.zeros(self.num_items, dtype=torch.bool,
+                           device=nbr.device)
+        used[nbr.reshape(-1)] = True
+        return used.nonzero().view(-1)
 
     def _row_blocks(self) -> Tuple[Tensor, Tensor]:
         num_edges = self.edge_index.size(1)
