@@ -248,7 +248,8 @@ class FrozenItemGraph(torch.nn.Module):
         nbr, weight = self._blocks[1]
         return nbr[index], weight[index]
 
-    def rows(self, x: Tensor, index: Tensor) -> Tensor:
+    def rows(self, x: Tensor, index: Tensor,
+             block: Optional[NeighbourBlock] = None) -> Tensor:
         r"""The rows :obj:`index` of :math:`\mathbf{S} \mathbf{x}` (one
         layer). A trainable table :obj:`x` (a leaf) gets a sparse gradient
         on exactly the neighbours' rows (:meth:`neighbours`), as a sampled
@@ -263,11 +264,14 @@ class FrozenItemGraph(torch.nn.Module):
         Args:
             x (torch.Tensor): Item features :math:`(I, F)`.
             index (torch.Tensor): Item ids :math:`(R)`.
+            block (NeighbourBlock, optional): :meth:`neighbour_block` of
+                :obj:`index` when already built. (default: :obj:`None`)
         """
         sparse = x.requires_grad and x.is_leaf
         if self.rows_by_product(index):
             return self._rows_by_product(x, index, sparse)
-        block = self.neighbour_block(index)
+        if block is None:
+            block = self.neighbour_block(index)
         x_ids = (torch.nn.functional.embedding(block.ids, x, sparse=True)
                  if sparse else x.index_select(0, block.ids))
         return self.block_rows(x_ids, block)

@@ -362,8 +362,11 @@ class MultimodalTeacher(TeacherMixin, Module):
         if adj is adj.root:
             return conv(projected)
         projector, items = self.projectors[modality], adj.item_id
+        # The rows' neighbour block, built once for both terms below.
+        block = None if conv.rows_by_product(items) else \
+            conv.neighbour_block(items)
         if table is not None:  # The neighbours' projected rows.
-            out = conv.rows(table, items)
+            out = conv.rows(table, items, block)
         else:
             lin = projector.lin
             out = F.linear(adj.select_items(self._smoothed(modality, x)),
@@ -372,11 +375,10 @@ class MultimodalTeacher(TeacherMixin, Module):
                 _, weight = conv.neighbours(items)
                 out = out + weight.sum(1, keepdim=True) * lin.bias
         if moment is not None and projector.beta != 0.:
-            if conv.rows_by_product(items):  # Most items: all of them.
+            if block is None:  # Most items: all of them.
                 _, prompt = self.prompt(items.new_empty(0))
                 term = conv.rows(projector.prompt_term(moment, prompt), items)
             else:  # Once per distinct neighbour (a few per item).
-                block = conv.neighbour_block(items)
                 _, prompt = self.prompt(items.new_empty(0), block.ids)
                 term = conv.block_rows(projector.prompt_term(moment, prompt),
                                        block)
