@@ -222,6 +222,43 @@ def test_teacher_item_graph_rows_on_a_small_subgraph(data, frozen):
 
 
 @needs_sampling
+@pytest.mark.parametrize('beta,frozen,blocks', [(0., False, 0),
+                                                  (0.1, False, 1),
+                                                  (0., True, 1)])
+def test_teacher_item_graph_term_builds_a_neighbour_block_only_when_used(
+        data, beta, frozen, blocks, monkeypatch):
+    # The block serves the gathered projected table (the frozen cache) and
+    # the prompt term; with neither (beta 0, no cache) none is built, and
+    # the rows are still the full graph's.
+    features = features_of(data)
+    users, pos, neg, _ = batch_of(data, size=4)
+    torch.manual_seed(1)
+    teacher = teacher_of(data, features, num_layers=2, item_graph=True,
+                         knn_k=5, beta=beta)
+    teacher.init_prompt(data, features)
+    if frozen:
+        teacher.freeze()
+        teacher.cache_frozen(data, features)
+    cache = teacher._cache
+    batch = SubgraphLoader(data, [2], num_hops=1).sample(users, pos, neg)
+    ids = batch.graph.item_id
+    conv = teacher.item_graphs['text']
+    assert not conv.rows_by_product(ids)
+    built, build = [], type(conv).neighbour_block
+    monkeypatch.setattr(conv, 'neighbour_block',
+                        lambda *args: built.append(1) or build(conv, *args))
+    _, prompt = teacher.prompt()
+    moments = teacher._moments(batch.graph, features)
+    x = features['text']
+    full = conv(teacher.projectors['text'](x, prompt))
+    table = None if cache is None else cache.projected['text']
+    sub = teacher._item_graph_term(batch.graph, None, 'text', x,
+                                   moments['text'], table)
+    assert torch.allclose(sub, full[ids], atol=1e-5)
+    assert len(built) == blocks
+
+
+@needs_sampling
 @pytest.mark.parametrize('item_graph,size', [(False, 32), (True, 8)])
 def test_teacher_catalogue_projection_equals_the_subgraph_rows(
         data, item_graph, size):

@@ -362,9 +362,14 @@ class MultimodalTeacher(TeacherMixin, Module):
         if adj is adj.root:
             return conv(projected)
         projector, items = self.projectors[modality], adj.item_id
-        # The rows' neighbour block, built once for both terms below.
-        block = None if conv.rows_by_product(items) else \
-            conv.neighbour_block(items)
+        # The rows' neighbour block, built once for the terms below that
+        # use it (not when the rows go through all items, nor when neither
+        # the projected table nor the prompt term is gathered).
+        prompted = moment is not None and projector.beta != 0.
+        block = None
+        if (table is not None or prompted) and \
+                not conv.rows_by_product(items):
+            block = conv.neighbour_block(items)
         if table is not None:  # The neighbours' projected rows.
             out = conv.rows(table, items, block)
         else:
@@ -374,7 +379,7 @@ class MultimodalTeacher(TeacherMixin, Module):
             if lin.bias is not None:
                 _, weight = conv.neighbours(items)
                 out = out + weight.sum(1, keepdim=True) * lin.bias
-        if moment is not None and projector.beta != 0.:
+        if prompted:
             if block is None:  # Most items: all of them.
                 _, prompt = self.prompt(items.new_empty(0))
                 term = conv.rows(projector.prompt_term(moment, prompt), items)
