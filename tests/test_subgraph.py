@@ -44,6 +44,26 @@ def teacher_of(data, features, **kwargs):
         dropout=0., **kwargs)
 
 
+def teacher_on_a_small_subgraph(data, frozen, random_bias=False, **kwargs):
+    # A 2-layer teacher with item graphs (k = 5), frozen and cached in
+    # stage 2, and a one-hop subgraph of a 4-triplet batch, whose items'
+    # kNN neighbours lie mostly outside it.
+    features = features_of(data)
+    users, pos, neg, _ = batch_of(data, size=4)
+    torch.manual_seed(1)
+    teacher = teacher_of(data, features, num_layers=2, item_graph=True,
+                         knn_k=5, **kwargs)
+    teacher.init_prompt(data, features)
+    if random_bias:
+        for projector in teacher.projectors.values():  # Zero at init.
+            torch.nn.init.normal_(projector.lin.bias)
+    if frozen:
+        teacher.freeze()
+        teacher.cache_frozen(data, features)
+    batch = SubgraphLoader(data, [2], num_hops=1).sample(users, pos, neg)
+    return features, teacher, batch
+
+
 def assert_rows_equal(sub, full, local, global_, atol=1e-5):
     assert torch.allclose(sub[local], full[global_], atol=atol), \
         (sub[local] - full[global_]).abs().max()
@@ -193,19 +213,9 @@ def test_teacher_subgraph_equals_full_graph(data, frozen, item_graph):
 def test_teacher_item_graph_rows_on_a_small_subgraph(data, frozen):
     # Most kNN neighbours of a small subgraph's items lie outside it; its
     # item-item terms are still the full graph's rows of S_m E and S_m F_m.
-    features = features_of(data)
-    users, pos, neg, _ = batch_of(data, size=4)
-    torch.manual_seed(1)
-    teacher = teacher_of(data, features, num_layers=2, item_graph=True,
-                         knn_k=5)
-    teacher.init_prompt(data, features)
-    for projector in teacher.projectors.values():  # Zero at init.
-        torch.nn.init.normal_(projector.lin.bias)
-    if frozen:
-        teacher.freeze()
-        teacher.cache_frozen(data, features)
+    features, teacher, batch = teacher_on_a_small_subgraph(
+        data, frozen, random_bias=True)
     cache = teacher._cache
-    batch = SubgraphLoader(data, [2], num_hops=1).sample(users, pos, neg)
     ids = batch.graph.item_id
     nbr, _ = teacher.item_graphs['text'].neighbours(ids)
     assert not torch.isin(nbr, ids).all()
@@ -230,17 +240,9 @@ def test_teacher_item_graph_term_builds_a_neighbour_block_only_when_used(
     # The block serves the gathered projected table (the frozen cache) and
     # the prompt term; with neither (beta 0, no cache) none is built, and
     # the rows are still the full graph's.
-    features = features_of(data)
-    users, pos, neg, _ = batch_of(data, size=4)
-    torch.manual_seed(1)
-    teacher = teacher_of(data, features, num_layers=2, item_graph=True,
-                         knn_k=5, beta=beta)
-    teacher.init_prompt(data, features)
-    if frozen:
-        teacher.freeze()
-        teacher.cache_frozen(data, features)
+    features, teacher, batch = teacher_on_a_small_subgraph(data, frozen,
+                                                           beta=beta)
     cache = teacher._cache
-    batch = SubgraphLoader(data, [2], num_hops=1).sample(users, pos, neg)
     ids = batch.graph.item_id
     conv = teacher.item_graphs['text']
     assert not conv.rows_by_product(ids)
