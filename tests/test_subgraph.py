@@ -261,6 +261,31 @@ def test_teacher_item_graph_term_builds_a_neighbour_block_only_when_used(
 
 
 @needs_sampling
+@pytest.mark.parametrize('frozen', [False, True])
+def test_teacher_forward_builds_each_neighbour_block_once(data, frozen,
+                                                          monkeypatch):
+    # One block per item graph and step, shared by the item-graph term and
+    # the content rows S_m E: the outputs of each term building its own.
+    features, teacher, batch = teacher_on_a_small_subgraph(data, frozen)
+    graph = batch.graph
+    teacher._neighbour_blocks = lambda adj: {}  # Each term builds one.
+    ref = teacher(graph, features)
+    del teacher._neighbour_blocks
+    built = []
+    for conv in teacher.item_graphs.values():
+        assert not conv.rows_by_product(graph.item_id)
+        build = type(conv).neighbour_block
+        monkeypatch.setattr(conv, 'neighbour_block',
+                            lambda *args, conv=conv, build=build:
+                            built.append(1) or build(conv, *args))
+    sub = teacher(graph, features)
+    assert len(built) == len(teacher.item_graphs) == 2
+    for a, b in [(sub.user, ref.user), (sub.item, ref.item)] + [
+            (sub.modal_item[m], ref.modal_item[m]) for m in features]:
+        assert torch.equal(a, b)
+
+
+@needs_sampling
 @pytest.mark.parametrize('item_graph,size', [(False, 32), (True, 8)])
 def test_teacher_catalogue_projection_equals_the_subgraph_rows(
         data, item_graph, size):

@@ -9,6 +9,7 @@ from pmm_geo.data.adjacency import BipartiteAdjacency, as_adjacency
 from pmm_geo.nn.conv import (
     BipartiteConv,
     FrozenItemGraph,
+    NeighbourBlock,
     modality_mix_weights,
 )
 from pmm_geo.nn.functional import lightgcn_propagate
@@ -337,12 +338,30 @@ class MultimodalTeacher(TeacherMixin, Module):
             self.item_embedding.weight)
                    for m, conv in self.item_graphs.items())
 
-    def _content_rows(self, item_ids: Tensor) -> Tensor:
+    def _content_rows(self, item_ids: Tensor,
+                      blocks: Optional[Dict[str, NeighbourBlock]] = None
+                      ) -> Tensor:
         # Rows item_ids of sum_m w_m S_m E from the neighbours' rows of E
-        # only (a sampled subgraph; sparse gradient to a trainable table).
+        # only (a sampled subgraph; sparse gradient to a trainable table),
+        # through the graphs' neighbour blocks where already built.
+        blocks = blocks or {}
         return sum(self.item_graph_weights[m] *
-                   conv.rows(self.item_embedding.weight, item_ids)
+                   conv.rows(self.item_embedding.weight, item_ids,
+                             blocks.get(m))
                    for m, conv in self.item_graphs.items())
+
+    def _neighbour_blocks(self, adj) -> Dict[str, Optional[NeighbourBlock]]:
+        # Each item graph's neighbour block of a sampled subgraph's items,
+        # built once per forward pass for the item-graph term and the
+        # content rows (None where the rows go through all items). Every
+        # block is used: the content rows read it without a frozen cache,
+        # the item-graph term reads it with one.
+        if self.item_graphs is None or adj is adj.root:
+            return {}
+        items = adj.item_id
+        return {m: None if conv.rows_by_product(items) else
+                conv.neighbour_block(items)
+                for m, conv in self.item_graphs.items()}
 
     def _modal_branch(self, adj: BipartiteAdjacency, projected: Tensor,
                       modality: str) -> Tuple[Tensor, Tensor]:
@@ -352,12 +371,15 @@ class MultimodalTeacher(TeacherMixin, Module):
 
     def _item_graph_term(self, adj, projected: Tensor, modality: str,
                          x: Tensor, moment: Optional[Tensor],
-                         table: Optional[Tensor]) -> Tensor:
+                         table: Optional[Tensor],
+                         block: Optional[NeighbourBlock] = None) -> Tensor:
         r""":math:`\mathbf{S}_m \mathbf{F}_m` for the graph's items: over
         all items on the full graph, from the neighbours' rows on a sampled
         subgraph (see the class docstring). :obj:`table` is
         :math:`\mathbf{W}_m \mathbf{X}_m + \mathbf{b}_m` of every item when
-        it is known (the frozen cache, or :meth:`_catalogue_projection`)."""
+        it is known (the frozen cache, or :meth:`_catalogue_projection`);
+        :obj:`block` the graph's :meth:`_neighbour_blocks` entry when
+        built."""
         conv = self.item_graphs[modality]
         if adj is adj.root:
             return conv(projected)
@@ -366,8 +388,7 @@ class MultimodalTeacher(TeacherMixin, Module):
         # use it (not when the rows go through all items, nor when neither
         # the projected table nor the prompt term is gathered).
         prompted = moment is not None and projector.beta != 0.
-        block = None
-        if (table is not None or prompted) and \
+        if block is None and (table is not None or prompted) and \
                 not conv.rows_by_product(items):
             block = conv.neighbour_block(items)
         if table is not None:  # The neighbours' projected rows.
@@ -426,6 +447,7 @@ class MultimodalTeacher(TeacherMixin, Module):
         cache = self._valid_cache(adj, features)
         user_prompt, item_prompt = self.prompt(adj.user_id, adj.item_id)
         moments = self._moments(adj, features)
+        blocks = self._neighbour_blocks(adj)
 
         modal_user, modal_item = {}, {}
         for m, x in features.items():
@@ -441,7 +463,7 @@ class MultimodalTeacher(TeacherMixin, Module):
                                                               m)
             if self.item_graphs is not None:
                 modal_item[m] = modal_item[m] + self._item_graph_term(
-                    adj, projected, m, x, moments[m], table)
+                    adj, projected, m, x, moments[m], table, blocks.get(m))
 
         if self.gamma != 0.:
             prompt_user = self.gamma * _rownorm(user_prompt)
@@ -454,7 +476,7 @@ class MultimodalTeacher(TeacherMixin, Module):
             user, item = self._propagate_mean(adj, x_user, x_item)
             if self.item_graphs is not None:
                 item = item + (self._content_items() if adj is adj.root else
-                               self._content_rows(adj.item_id))
+                               self._content_rows(adj.item_id, blocks))
         else:
             # Propagation is linear: mean_l A^l (E + gamma P) =
             # mean_l A^l E (cached, over the full graph, with the item
